@@ -1,0 +1,148 @@
+"""The model family's configuration: one frozen dataclass whose flags select the paper's variants.
+
+Every network this project builds is described by a `ModelConfig`; presets (see `scnet.presets`) are
+named configs. A run's identity is a hash of its resolved config, so two spellings of the same network
+(for example the `scnet_r50` preset and `cascade_mask_rcnn_r50` with all SCNet flags switched on) are
+the same run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SAMPLE_CONSISTENCY = ("none", "naive", "effective")
+MASK_FLOWS = ("cascade", "htc")
+BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_64x4d")
+
+
+class ConfigError(ValueError):
+    """A flag combination or value the model family does not define."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # backbone + neck
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    frozen_stages: int = 1
+    # classes
+    num_classes: int = 80
+    num_semantic_classes: int = 183
+    # cascade structure
+    stages: int = 3
+    stage_iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
+    stage_loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    bbox_target_stds: tuple[tuple[float, float, float, float], ...] = (
+        (0.1, 0.1, 0.2, 0.2),
+        (0.05, 0.05, 0.1, 0.1),
+        (0.033, 0.033, 0.067, 0.067),
+    )
+    reg_class_agnostic: bool = True
+    mask_flow: str = "cascade"
+    sample_consistency: str = "none"
+    feature_relay: bool = False
+    global_context: bool = False
+    glbctx_weight: float = 3.0
+    semantic: bool = False
+    semantic_weight: float = 0.2
+    # head sizes
+    roi_fc_channels: int = 1024
+    mask_channels: int = 256
+    mask_convs: int = 4
+    semantic_convs: int = 4
+    semantic_residual: bool = False
+    glbctx_convs: int = 4
+    # losses (MMDetection: Mask R-CNN uses L1 for both; the cascade family SmoothL1)
+    rpn_bbox_loss: str = "smooth_l1"  # "l1" or "smooth_l1" (beta 1/9)
+    rcnn_bbox_loss: str = "smooth_l1"  # "l1" or "smooth_l1" (beta 1)
+    # RPN proposals
+    rpn_train_pre_nms: int = 2000
+    rpn_train_post_nms: int = 2000
+    rpn_test_pre_nms: int = 1000
+    rpn_test_post_nms: int = 1000
+    # R-CNN sampling
+    rcnn_samples_per_image: int = 512
+    rcnn_positive_fraction: float = 0.25
+    # test
+    test_score_thr: float = 0.001
+    test_nms_iou: float = 0.5
+    test_max_per_image: int = 100
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def has_mask_per_stage(self) -> bool:
+        """Cascade Mask R-CNN and HTC train a mask branch per box stage; SCNet only after the last."""
+        return self.sample_consistency == "none"
+
+    @property
+    def num_mask_heads(self) -> int:
+        if self.sample_consistency == "effective":
+            return 1
+        return self.stages
+
+    @property
+    def mask_loss_weight(self) -> float:
+        """Effective SC's single mask branch carries the weight of all stages (Eq. 4)."""
+        return float(sum(self.stage_loss_weights))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; known fields: {sorted(known)}")
+        converted = {k: _as_tuple(v) for k, v in values.items()}
+        return cls(**converted)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Refuse combinations the paper does not define, naming the flags, before any layer is built."""
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"backbone={cfg.backbone!r} is not one of {BACKBONES}")
+    if cfg.stages not in (1, 3):
+        raise ConfigError(f"stages={cfg.stages}: the paper's models have 1 (Mask R-CNN) or 3 (cascade) stages")
+    for name, seq in (("stage_iou_thresholds", cfg.stage_iou_thresholds),
+                      ("stage_loss_weights", cfg.stage_loss_weights),
+                      ("bbox_target_stds", cfg.bbox_target_stds)):
+        if len(seq) != cfg.stages:
+            raise ConfigError(f"{name} has {len(seq)} entries but stages={cfg.stages}")
+    if cfg.mask_flow not in MASK_FLOWS:
+        raise ConfigError(f"mask_flow={cfg.mask_flow!r} is not one of {MASK_FLOWS}")
+    if cfg.sample_consistency not in SAMPLE_CONSISTENCY:
+        raise ConfigError(f"sample_consistency={cfg.sample_consistency!r} is not one of {SAMPLE_CONSISTENCY}")
+    if cfg.stages == 1 and cfg.sample_consistency != "none":
+        raise ConfigError(
+            f"sample_consistency={cfg.sample_consistency!r} with stages=1: sample consistency moves the mask "
+            "branches of a cascade behind its last stage, so it needs stages=3")
+    if cfg.stages == 1 and cfg.mask_flow == "htc":
+        raise ConfigError("mask_flow='htc' with stages=1: HTC's mask information flow runs between cascade stages")
+    if cfg.sample_consistency != "none" and cfg.mask_flow == "htc":
+        raise ConfigError(
+            f"sample_consistency={cfg.sample_consistency!r} with mask_flow='htc': the paper defines sample "
+            "consistency on Cascade Mask R-CNN's mask branches; use mask_flow='cascade'")
+    if cfg.glbctx_weight < 0:
+        raise ConfigError(f"glbctx_weight={cfg.glbctx_weight} must be >= 0")
+    if cfg.num_classes < 1:
+        raise ConfigError(f"num_classes={cfg.num_classes} must be >= 1")
+    if cfg.semantic and cfg.num_semantic_classes < 2:
+        raise ConfigError(f"num_semantic_classes={cfg.num_semantic_classes} must be >= 2 with semantic=True")
+    if cfg.mask_convs < 1 or (cfg.sample_consistency == "effective" and cfg.mask_convs % 2):
+        raise ConfigError(
+            f"mask_convs={cfg.mask_convs}: must be >= 1, and even with effective sample consistency "
+            "(a residual block every two convs)")
