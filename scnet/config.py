@@ -26,6 +26,7 @@ class ModelConfig:
     backbone: str = "resnet50"
     fpn_channels: int = 256
     frozen_stages: int = 1
+    norm_eval: bool = True  # BN statistics frozen in training (pretrained backbones); False for smoke presets
     # classes
     num_classes: int = 80
     num_semantic_classes: int = 183
@@ -64,6 +65,7 @@ class ModelConfig:
     # R-CNN sampling
     rcnn_samples_per_image: int = 512
     rcnn_positive_fraction: float = 0.25
+    rcnn_match_low_quality: bool = False  # Mask R-CNN's assigner also takes each GT's best proposal
     # test
     test_score_thr: float = 0.001
     test_nms_iou: float = 0.5
@@ -136,6 +138,9 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"sample_consistency={cfg.sample_consistency!r} with mask_flow='htc': the paper defines sample "
             "consistency on Cascade Mask R-CNN's mask branches; use mask_flow='cascade'")
+    if cfg.feature_relay and cfg.mask_flow == "htc":
+        raise ConfigError("feature_relay=True with mask_flow='htc': the paper defines feature relay on Mask R-CNN, "
+                          "Cascade Mask R-CNN and SCNet (mask_flow='cascade'), not on HTC's interleaved branches")
     if cfg.glbctx_weight < 0:
         raise ConfigError(f"glbctx_weight={cfg.glbctx_weight} must be >= 0")
     if cfg.num_classes < 1:

@@ -16,7 +16,7 @@ _BACKBONES = {"r50": "resnet50", "r101": "resnet101", "x101_64x4d": "resnext101_
 _MASK_RCNN = dict(
     stages=1, stage_iou_thresholds=(0.5,), stage_loss_weights=(1.0,),
     bbox_target_stds=((0.1, 0.1, 0.2, 0.2),), reg_class_agnostic=False,
-    rpn_bbox_loss="l1", rcnn_bbox_loss="l1", rpn_train_post_nms=1000,
+    rpn_bbox_loss="l1", rcnn_bbox_loss="l1", rpn_train_post_nms=1000, rcnn_match_low_quality=True,
 )
 _CASCADE = dict(stages=3)
 _HTC = dict(stages=3, mask_flow="htc", semantic=True)
@@ -31,7 +31,7 @@ _ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 # Small, narrow networks for tests and the `smoke` scale; random initialisation.
-_SMOKE = dict(backbone="resnet18", fpn_channels=64, roi_fc_channels=256, mask_channels=64,
+_SMOKE = dict(backbone="resnet18", frozen_stages=-1, norm_eval=False, fpn_channels=64, roi_fc_channels=256, mask_channels=64,
               rpn_train_pre_nms=1000, rpn_train_post_nms=500, rpn_test_pre_nms=500, rpn_test_post_nms=300,
               rcnn_samples_per_image=128)
 
@@ -61,15 +61,20 @@ def preset_names() -> list[str]:
 
 def resolve_config(preset: str, **flags: Any) -> ModelConfig:
     """The preset's config with `flags` applied; unknown presets and flags get a suggestion."""
+    flags = dict(flags)
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {preset!r}.{hint} Known presets: {', '.join(preset_names())}")
     values = dict(PRESETS[preset])
-    if flags.get("sample_consistency") == "effective" and "mask_convs" not in flags:
-        values["mask_convs"] = 12
-    if flags.get("sample_consistency") in ("none", "naive") and "mask_convs" not in flags:
-        values["mask_convs"] = 4
+    # Effective sample consistency *is* SCNet's deep residual mask branch (and SCNet's residual semantic
+    # head), so switching it on or off on any preset brings the matching heads unless given explicitly.
+    # This keeps "Cascade Mask R-CNN + all SCNet flags" and the scnet preset one and the same network.
+    sc = flags.get("sample_consistency")
+    if sc is not None:
+        effective = sc == "effective"
+        flags.setdefault("mask_convs", 12 if effective else 4)
+        flags.setdefault("semantic_residual", effective)
     values.update(flags)
     try:
         return ModelConfig.from_dict(values)

@@ -1,0 +1,98 @@
+"""Tools for checking that our presets reproduce MMDetection 3.3.0: the deterministic reference weights
+of shared/reference/README.md, and the rule that decides whether two sets of detections are the same."""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+
+def reference_weights(manifest: dict[str, list]) -> dict[str, torch.Tensor]:
+    """Tensors under MMDetection's names, each from a generator seeded with crc32 of its name."""
+    state = {}
+    for name, (shape, dtype) in manifest.items():
+        g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+        if dtype != "float32":
+            state[name] = torch.zeros(shape, dtype=getattr(torch, dtype))
+        elif name.endswith("running_var"):
+            state[name] = 0.5 + torch.rand(shape, generator=g)
+        elif name.endswith("running_mean"):
+            state[name] = 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) >= 2:
+            state[name] = torch.randn(shape, generator=g) * (1 / math.prod(shape[1:])) ** 0.5
+        elif name.endswith("bias"):
+            state[name] = 0.01 * torch.randn(shape, generator=g)
+        else:
+            state[name] = 1 + 0.1 * torch.randn(shape, generator=g)
+    return state
+
+
+def write_reference_checkpoint(manifest_path: str | Path, out: str | Path) -> Path:
+    """An MMDetection-style checkpoint file ({"state_dict", "meta"}) with the reference weights."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    torch.save({"state_dict": reference_weights(manifest["keys"]),
+                "meta": {"source": manifest.get("source"), "note": "deterministic reference weights"}}, out)
+    return Path(out)
+
+
+def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _boxes_match(a: np.ndarray, b: np.ndarray) -> bool:
+    degenerate = (a[2] - a[0]) <= 0 or (a[3] - a[1]) <= 0
+    if degenerate:
+        return bool(np.all(np.abs(a - b) <= 1.0))
+    return box_iou_xyxy(a, b) >= 0.98
+
+
+def _masks_match(a: np.ndarray, b: np.ndarray) -> bool:
+    area_a, area_b = int(a.sum()), int(b.sum())
+    if area_a < 20 and area_b < 20 and int(np.logical_xor(a, b).sum()) <= 5:
+        return True
+    union = np.logical_or(a, b).sum()
+    return union > 0 and np.logical_and(a, b).sum() / union >= 0.95
+
+
+@dataclass
+class MatchReport:
+    matched: int
+    total: int
+    unmatched: list[int]
+
+    @property
+    def all_matched(self) -> bool:
+        return self.matched == self.total
+
+
+def match_detections(reference: dict, ours: dict, *, min_score: float = 0.05) -> MatchReport:
+    """Every reference detection with score >= min_score needs one of ours with the same label,
+    score within 0.01, box IoU >= 0.98 and mask IoU >= 0.95 (shared/reference/README.md)."""
+    ref_boxes = np.asarray(reference["bboxes_xyxy"], dtype=np.float64)
+    ref_scores = np.asarray(reference["scores"], dtype=np.float64)
+    ref_labels = np.asarray(reference["labels"])
+    ref_masks = [mask_utils.decode(r).astype(bool) for r in reference["masks_rle"]]
+    our_boxes = ours["boxes"].double().numpy()
+    our_scores = ours["scores"].double().numpy()
+    our_labels = ours["labels"].numpy()
+    our_masks = ours["masks"].numpy()
+    matched, unmatched, total = 0, [], 0
+    for i in np.nonzero(ref_scores >= min_score)[0]:
+        total += 1
+        candidates = np.nonzero((our_labels == ref_labels[i]) & (np.abs(our_scores - ref_scores[i]) <= 0.01))[0]
+        if any(_boxes_match(ref_boxes[i], our_boxes[j]) and _masks_match(ref_masks[i], our_masks[j])
+               for j in candidates):
+            matched += 1
+        else:
+            unmatched.append(int(i))
+    return MatchReport(matched, total, unmatched)

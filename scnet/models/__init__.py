@@ -1,0 +1,1 @@
+"""Building blocks of the detector family; `scnet.build_model` assembles them from a ModelConfig."""

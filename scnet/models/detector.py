@@ -1,0 +1,85 @@
+"""The detector: input normalisation and padding, ResNet-FPN, RPN and the R-CNN heads."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scnet.config import ModelConfig
+from scnet.models.backbone import ResNetTrunk
+from scnet.models.fpn import FPN
+from scnet.models.roi_heads import RoIHeads
+from scnet.models.rpn import RPN
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+SIZE_DIVISOR = 32
+
+
+class Detector(nn.Module):
+    """`model(images, targets)` in train mode returns weighted losses; `model(images)` in eval mode
+    returns detections. See docs/interfaces.md for the exact contract."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.backbone = ResNetTrunk(cfg.backbone, frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval)
+        self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels)
+        self.rpn = RPN(cfg.fpn_channels, bbox_loss=cfg.rpn_bbox_loss, train_pre_nms=cfg.rpn_train_pre_nms,
+                       train_post_nms=cfg.rpn_train_post_nms, test_pre_nms=cfg.rpn_test_pre_nms,
+                       test_post_nms=cfg.rpn_test_post_nms)
+        self.roi_heads = RoIHeads(cfg, num_levels=5)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+        self.mask_sample_ious: dict[int, torch.Tensor] = {}
+        self.generator: torch.Generator | None = None  # sampling RNG; the trainer may seed its own
+
+    def batch(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Normalise each image, then zero-pad the batch to a common size divisible by 32."""
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        height = -(-max(h for h, _ in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
+        width = -(-max(w for _, w in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
+        batch = images[0].new_zeros(len(images), 3, height, width)
+        for i, im in enumerate(images):
+            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - self.pixel_mean) / self.pixel_std
+        return batch, sizes
+
+    @staticmethod
+    def _pad_semantic(targets: list[dict], shape: tuple[int, int]) -> torch.Tensor | None:
+        if not targets or "semantic_seg" not in targets[0] or targets[0]["semantic_seg"] is None:
+            return None
+        maps = [t["semantic_seg"] for t in targets]
+        out = maps[0].new_full((len(maps), *shape), 255)
+        for i, m in enumerate(maps):
+            out[i, : m.shape[-2], : m.shape[-1]] = m
+        return out.long()
+
+    def features(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        return self.neck(self.backbone(batch))
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None,
+                image_metas: list[dict] | None = None):
+        if not isinstance(images, (list, tuple)) or not images:
+            raise TypeError("images must be a non-empty list of [3, H, W] float tensors (RGB, 0..255)")
+        batch, sizes = self.batch(list(images))
+        features = self.features(batch)
+        logits, deltas = self.rpn.head(features)
+        anchors = self.rpn.anchors(features)
+        if self.training:
+            if targets is None:
+                raise ValueError("training mode needs targets (boxes, labels, masks per image); "
+                                 "call model.eval() for inference")
+            targets = [self._on_device(t, batch.device) for t in targets]
+            losses = self.rpn.loss(logits, deltas, anchors, [t["boxes"] for t in targets], self.generator)
+            proposals = self.rpn.proposals(logits, deltas, anchors, sizes)
+            semantic = self._pad_semantic(targets, tuple(batch.shape[-2:]))
+            roi_losses, ious = self.roi_heads.loss(features, proposals, targets, sizes, semantic, self.generator)
+            losses.update(roi_losses)
+            self.mask_sample_ious = ious
+            return losses
+        proposals = self.rpn.proposals(logits, deltas, anchors, sizes)
+        return self.roi_heads.predict(features, proposals, sizes, image_metas)
+
+    @staticmethod
+    def _on_device(target: dict, device: torch.device) -> dict:
+        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in target.items()}

@@ -1,0 +1,39 @@
+"""Mask branch: convs on 14x14 RoI features, a x2 deconvolution to 28x28, per-class logits.
+
+One class covers the three variants the paper compares: Cascade Mask R-CNN's 4-conv branch, HTC's
+branch with a 1x1 "feature flow" input from the previous stage, and SCNet's 12-conv residual branch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scnet.models.blocks import ConvReLU, conv_stack
+
+
+class MaskHead(nn.Module):
+    def __init__(self, channels: int, num_convs: int, num_classes: int, *, residual: bool = False,
+                 feature_flow: bool = False) -> None:
+        super().__init__()
+        self.feature_flow = ConvReLU(channels, channels, 1) if feature_flow else None
+        if residual:
+            self.blocks = conv_stack(channels, num_convs, residual=True)
+        else:
+            self.convs = conv_stack(channels, num_convs, residual=False)
+        self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        self.logits = nn.Conv2d(channels, num_classes, 1)
+
+    def features(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """The 14x14 features after the convs; HTC passes them on to the next stage."""
+        if self.feature_flow is not None and previous is not None:
+            x = x + self.feature_flow(previous)
+        for layer in getattr(self, "blocks", None) or self.convs:
+            x = layer(x)
+        return x
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(F.relu(self.upsample(features)))
+
+    def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict(self.features(x, previous))

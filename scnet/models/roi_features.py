@@ -1,0 +1,40 @@
+"""RoIAlign over the FPN level that matches each box's scale (MMDetection's SingleRoIExtractor:
+level = floor(log2(sqrt(area) / 56)), clamped to P2-P5; aligned=True, adaptive sampling)."""
+from __future__ import annotations
+
+import torch
+from torchvision.ops import roi_align
+
+FEATURE_STRIDES = (4, 8, 16, 32)
+_FINEST_SCALE = 56
+
+
+def boxes_to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """[sum K, 5] rows of (image index, x1, y1, x2, y2)."""
+    rows = [torch.cat([b.new_full((b.shape[0], 1), i), b[:, :4]], dim=1) for i, b in enumerate(boxes)]
+    return torch.cat(rows) if rows else torch.zeros(0, 5)
+
+
+def roi_levels(rois: torch.Tensor, num_levels: int) -> torch.Tensor:
+    scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+    return torch.floor(torch.log2(scale / _FINEST_SCALE + 1e-6)).clamp(min=0, max=num_levels - 1).long()
+
+
+def multilevel_roi_align(features: list[torch.Tensor], rois: torch.Tensor, output_size: int) -> torch.Tensor:
+    features = features[: len(FEATURE_STRIDES)]
+    channels = features[0].shape[1]
+    out = features[0].new_zeros(rois.shape[0], channels, output_size, output_size)
+    if rois.shape[0] == 0:
+        return out
+    levels = roi_levels(rois, len(features))
+    for level, (feature, stride) in enumerate(zip(features, FEATURE_STRIDES)):
+        index = torch.nonzero(levels == level).flatten()
+        if index.numel():
+            out[index] = roi_align(feature, rois[index], output_size, spatial_scale=1.0 / stride,
+                                   sampling_ratio=0, aligned=True)
+    return out
+
+
+def single_level_roi_align(feature: torch.Tensor, rois: torch.Tensor, output_size: int,
+                           stride: int) -> torch.Tensor:
+    return roi_align(feature, rois, output_size, spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)

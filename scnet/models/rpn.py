@@ -1,0 +1,94 @@
+"""Region proposal network: a shared 3x3 conv, objectness and box deltas per anchor, per-level top-k,
+decoding, and NMS across levels (MMDetection's RPNHead semantics)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms
+
+from scnet.models import box_coder
+from scnet.models.anchors import RATIOS, STRIDES, grid_anchors
+from scnet.models.losses import box_regression_loss
+from scnet.models.sampling import assign, sample
+
+_UNIT_STDS = (1.0, 1.0, 1.0, 1.0)
+
+
+class RPN(nn.Module):
+    def __init__(self, channels: int, *, bbox_loss: str, train_pre_nms: int, train_post_nms: int,
+                 test_pre_nms: int, test_post_nms: int) -> None:
+        super().__init__()
+        anchors = len(RATIOS)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.objectness = nn.Conv2d(channels, anchors, 1)
+        self.deltas = nn.Conv2d(channels, anchors * 4, 1)
+        self.bbox_loss = bbox_loss
+        self.train_pre_nms, self.train_post_nms = train_pre_nms, train_post_nms
+        self.test_pre_nms, self.test_post_nms = test_pre_nms, test_post_nms
+
+    def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: objectness logits [B, H*W*A] and deltas [B, H*W*A, 4], ordered like the anchors."""
+        logits, deltas = [], []
+        for f in features:
+            t = F.relu(self.conv(f))
+            b = f.shape[0]
+            logits.append(self.objectness(t).permute(0, 2, 3, 1).reshape(b, -1))
+            deltas.append(self.deltas(t).permute(0, 2, 3, 1).reshape(b, -1, 4))
+        return logits, deltas
+
+    @staticmethod
+    def anchors(features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [grid_anchors(tuple(f.shape[-2:]), s, f.device) for f, s in zip(features, STRIDES)]
+
+    def proposals(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
+                  image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Boxes [K, 4] per image, best first, after NMS 0.7 across levels."""
+        pre_nms = self.train_pre_nms if self.training else self.test_pre_nms
+        post_nms = self.train_post_nms if self.training else self.test_post_nms
+        results = []
+        for i, image_hw in enumerate(image_sizes):
+            boxes_all, scores_all, levels_all = [], [], []
+            for level, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+                scores = lg[i].detach().sigmoid()
+                d = dl[i].detach()
+                if scores.numel() > pre_nms:
+                    scores, keep = scores.topk(pre_nms, sorted=True)
+                    d, an = d[keep], an[keep]
+                boxes_all.append(box_coder.decode(an, d, _UNIT_STDS, image_hw))
+                scores_all.append(scores)
+                levels_all.append(torch.full_like(scores, level, dtype=torch.long))
+            boxes = torch.cat(boxes_all)
+            scores = torch.cat(scores_all)
+            levels = torch.cat(levels_all)
+            wh = boxes[:, 2:] - boxes[:, :2]
+            valid = (wh[:, 0] > 0) & (wh[:, 1] > 0)
+            boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
+            keep = batched_nms(boxes, scores, levels, 0.7)[:post_nms]
+            results.append(boxes[keep])
+        return results
+
+    def loss(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
+             gt_boxes: list[torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        all_anchors = torch.cat(anchors)
+        all_logits = torch.cat(logits, dim=1)
+        all_deltas = torch.cat(deltas, dim=1)
+        cls_losses, box_losses, total_samples = [], [], 0
+        for i, gt in enumerate(gt_boxes):
+            assignment = assign(all_anchors, gt, pos_thr=0.7, neg_thr=0.3, min_pos=0.3, low_quality=True)
+            chosen = sample(assignment, num=256, pos_fraction=0.5, generator=generator)
+            idx = torch.cat([chosen.pos_index, chosen.neg_index])
+            labels = torch.zeros(idx.numel(), device=idx.device)
+            labels[: chosen.pos_index.numel()] = 1.0
+            cls_losses.append(F.binary_cross_entropy_with_logits(all_logits[i, idx], labels, reduction="sum"))
+            if chosen.pos_index.numel():
+                targets = box_coder.encode(all_anchors[chosen.pos_index], gt[chosen.pos_gt], _UNIT_STDS)
+                box_losses.append(box_regression_loss(all_deltas[i, chosen.pos_index], targets, self.bbox_loss,
+                                                      beta=1.0 / 9.0))
+            total_samples += idx.numel()
+        denom = max(total_samples, 1)
+        zero = all_logits.sum() * 0
+        return {
+            "rpn_cls": torch.stack(cls_losses).sum() / denom,
+            "rpn_bbox": (torch.stack(box_losses).sum() if box_losses else zero) / denom,
+        }

@@ -1,0 +1,43 @@
+"""HTC's semantic segmentation branch: fuse the five FPN levels at stride 8, convs (residual in SCNet),
+per-pixel logits for the loss and an embedding that is pooled into every RoI feature."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scnet.models.blocks import ConvReLU, conv_stack
+
+FUSION_LEVEL = 1  # P3, stride 8
+STRIDE = 8
+
+
+class SemanticHead(nn.Module):
+    def __init__(self, channels: int, num_levels: int, num_convs: int, num_classes: int, residual: bool) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(ConvReLU(channels, channels, 1) for _ in range(num_levels))
+        if residual:
+            self.blocks = conv_stack(channels, num_convs, residual=True)
+        else:
+            self.convs = conv_stack(channels, num_convs, residual=False)
+        self.logits = nn.Conv2d(channels, num_classes, 1)
+        self.embedding = ConvReLU(channels, channels, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at stride 8, embedding at stride 8)."""
+        x = self.lateral[FUSION_LEVEL](features[FUSION_LEVEL])
+        size = x.shape[-2:]
+        for i, feature in enumerate(features):
+            if i != FUSION_LEVEL:
+                resized = F.interpolate(feature, size=size, mode="bilinear", align_corners=True)
+                x = x + self.lateral[i](resized)
+        for layer in getattr(self, "blocks", None) or self.convs:
+            x = layer(x)
+        return self.logits(x), self.embedding(x)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the padded target map downsampled (nearest) to the logits' stride."""
+        small = F.interpolate(targets[:, None].float(), scale_factor=1.0 / STRIDE, mode="nearest")[:, 0].long()
+        h, w = min(small.shape[-2], logits.shape[-2]), min(small.shape[-1], logits.shape[-1])
+        return F.cross_entropy(logits[..., :h, :w], small[..., :h, :w], ignore_index=255)

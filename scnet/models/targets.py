@@ -1,0 +1,94 @@
+"""Training targets for one R-CNN stage: sampled RoIs with their classes, box deltas and mask crops."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import roi_align
+
+from scnet.models import box_coder
+from scnet.models.sampling import Sample, assign, sample
+
+
+@dataclass
+class StageSamples:
+    """The RoIs one stage trains on, positives of each image first (what feature relay slices)."""
+
+    rois: torch.Tensor  # [N, 5]
+    labels: torch.Tensor  # [N] class or num_classes for background
+    box_targets: torch.Tensor  # [P, 4] deltas of the positives
+    is_positive: torch.Tensor  # [N] bool
+    is_added_gt: torch.Tensor  # [N] bool: ground-truth boxes added as proposals
+    pos_gt_index: list[torch.Tensor]  # per image, ground truth of each positive
+    pos_iou: torch.Tensor  # [P]
+
+    @property
+    def positive_rois(self) -> torch.Tensor:
+        return self.rois[self.is_positive]
+
+    @property
+    def positive_labels(self) -> torch.Tensor:
+        return self.labels[self.is_positive]
+
+
+def sample_stage(proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], *,
+                 iou_thr: float, low_quality: bool, num: int, pos_fraction: float, stds: tuple[float, ...],
+                 num_classes: int, add_gt: bool, generator: torch.Generator | None) -> StageSamples:
+    rois, labels, targets, positive, added, gt_index, ious = [], [], [], [], [], [], []
+    for i, (props, gts, gt_cls) in enumerate(zip(proposals, gt_boxes, gt_labels)):
+        num_gt = gts.shape[0] if add_gt else 0
+        candidates = torch.cat([gts, props]) if add_gt else props
+        assignment = assign(candidates, gts, pos_thr=iou_thr, neg_thr=iou_thr, min_pos=iou_thr,
+                            low_quality=low_quality)
+        if num_gt:
+            own = torch.arange(num_gt, device=candidates.device)
+            assignment.gt_index[:num_gt] = own + 1
+            assignment.max_iou[:num_gt] = 1.0
+        chosen: Sample = sample(assignment, num=num, pos_fraction=pos_fraction, num_gt_added=num_gt,
+                                generator=generator)
+        index = torch.cat([chosen.pos_index, chosen.neg_index])
+        boxes = candidates[index]
+        rois.append(torch.cat([boxes.new_full((boxes.shape[0], 1), i), boxes], dim=1))
+        image_labels = gt_cls.new_full((index.numel(),), num_classes)
+        image_labels[: chosen.pos_index.numel()] = gt_cls[chosen.pos_gt]
+        labels.append(image_labels)
+        if chosen.pos_index.numel():
+            targets.append(box_coder.encode(candidates[chosen.pos_index], gts[chosen.pos_gt], stds))
+        is_pos = torch.zeros(index.numel(), dtype=torch.bool, device=index.device)
+        is_pos[: chosen.pos_index.numel()] = True
+        positive.append(is_pos)
+        is_added = torch.zeros_like(is_pos)
+        is_added[: chosen.pos_index.numel()] = chosen.pos_is_gt
+        added.append(is_added)
+        gt_index.append(chosen.pos_gt)
+        ious.append(chosen.pos_iou)
+    device = gt_boxes[0].device
+    return StageSamples(
+        rois=torch.cat(rois),
+        labels=torch.cat(labels),
+        box_targets=torch.cat(targets) if targets else torch.zeros(0, 4, device=device),
+        is_positive=torch.cat(positive),
+        is_added_gt=torch.cat(added),
+        pos_gt_index=gt_index,
+        pos_iou=torch.cat(ious),
+    )
+
+
+def mask_targets(samples: StageSamples, gt_masks: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Binary [P, size, size] crops of each positive's ground-truth mask (RoIAlign, then >= 0.5)."""
+    crops = []
+    pos_rois = samples.positive_rois
+    offset = 0
+    for i, masks in enumerate(gt_masks):
+        image_rois = pos_rois[pos_rois[:, 0] == i]
+        count = image_rois.shape[0]
+        if count == 0:
+            continue
+        gt_index = samples.pos_gt_index[i].to(torch.float32)
+        rois = torch.cat([gt_index[:, None], image_rois[:, 1:]], dim=1)
+        crop = roi_align(masks[:, None].float(), rois, size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        crops.append(crop[:, 0] >= 0.5)
+        offset += count
+    if not crops:
+        return torch.zeros(0, size, size, dtype=torch.bool, device=pos_rois.device)
+    return torch.cat(crops)
