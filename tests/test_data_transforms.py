@@ -1,0 +1,146 @@
+"""Keep-ratio resize and horizontal flip (MMDetection's rules) and their reproducible randomness."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scnet.data import build_transforms, epoch_permutation, sample_generator
+from scnet.data.transforms import RandomHorizontalFlip, Resize, horizontal_flip, rescale_size
+
+W, H = 40, 30
+
+
+def sample() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, H, W), generator=generator).float()
+    masks = torch.zeros((2, H, W), dtype=torch.uint8)
+    masks[0, 4:10, 6:20] = 1
+    masks[1, 15:29, 30:39] = 1
+    semantic = torch.zeros((H, W), dtype=torch.int64)
+    semantic[masks[0].bool()] = 3
+    semantic[masks[1].bool()] = 255
+    target = {"boxes": torch.tensor([[6.0, 4.0, 20.0, 10.0], [30.0, 15.0, 39.0, 29.0]]),
+              "labels": torch.tensor([2, 0]), "masks": masks, "semantic_seg": semantic}
+    meta = {"image_id": 1, "ori_shape": (H, W), "img_shape": (H, W), "scale_factor": (1.0, 1.0), "flip": False}
+    return image, target, meta
+
+
+def tight_box(mask: torch.Tensor) -> list[float]:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+@pytest.mark.parametrize("width, height, scale, expected", [
+    (640, 427, (1333, 800), (1199, 800)),   # a typical COCO image
+    (640, 480, (1333, 800), (1067, 800)),   # short side limits
+    (480, 640, (1333, 800), (800, 1067)),   # portrait: same rule on the rotated sides
+    (1000, 200, (1333, 800), (1333, 267)),  # very wide: long side limits
+    (2000, 1500, (800, 1333), (1067, 800)),  # scale order does not matter; downscaling
+    (256, 192, (256, 192), (256, 192)),     # smoke scale, identity
+])
+def test_rescale_size_follows_mmdetection(width: int, height: int, scale: tuple[int, int],
+                                          expected: tuple[int, int]) -> None:
+    new_w, new_h, _ = rescale_size(width, height, scale)
+    assert (new_w, new_h) == expected
+
+
+def test_upscale_by_two_records_meta_and_scales_targets() -> None:
+    image, target, meta = sample()
+    out_image, out, out_meta = Resize((80, 60))(image, target, meta)
+    assert out_image.shape == (3, 60, 80)
+    assert out_meta["img_shape"] == (60, 80) and out_meta["ori_shape"] == (H, W)
+    assert out_meta["scale_factor"] == (2.0, 2.0)
+    torch.testing.assert_close(out["boxes"], target["boxes"] * 2)
+    # nearest: every source pixel becomes a 2x2 block
+    block = torch.ones((2, 2), dtype=torch.uint8)
+    for k in range(2):
+        assert torch.equal(out["masks"][k], torch.kron(target["masks"][k], block))
+    assert torch.equal(out["semantic_seg"], torch.kron(target["semantic_seg"], block.long()))
+    assert out["semantic_seg"].dtype == torch.int64
+
+
+def test_image_interpolation_is_bilinear_with_half_pixel_centres() -> None:
+    image = torch.zeros((3, 2, 2))
+    image[:, :, 1] = 100.0
+    target = {"boxes": torch.zeros((0, 4)), "masks": torch.zeros((0, 2, 2), dtype=torch.uint8)}
+    out_image, out, _ = Resize((4, 4))(image, target, {})
+    # output column x samples source x' = (x + 0.5) / 2 - 0.5: -0.25, 0.25, 0.75, 1.25 -> 0, 25, 75, 100
+    assert out_image[0, 0].tolist() == [0.0, 25.0, 75.0, 100.0]
+    assert out["masks"].shape == (0, 4, 4)
+
+
+def test_downscale_picks_nearest_source_pixels_and_keeps_whole_values() -> None:
+    image, target, meta = sample()
+    out_image, out, out_meta = Resize((20, 15))(image, target, meta)
+    assert out_meta["scale_factor"] == (0.5, 0.5)
+    assert torch.equal(out["masks"], target["masks"][:, ::2, ::2])
+    assert torch.equal(out_image, out_image.round()) and out_image.min() >= 0 and out_image.max() <= 255
+
+
+def test_non_integer_scale_factor_is_per_axis_and_boxes_are_clipped() -> None:
+    image, target, meta = sample()
+    target["boxes"][1, 2] = W + 5.0  # reaches past the right border
+    _, out, out_meta = Resize((1333, 800))(image, target, meta)
+    assert out_meta["img_shape"] == (800, 1067)
+    sx, sy = out_meta["scale_factor"]
+    assert sx == pytest.approx(1067 / W) and sy == pytest.approx(800 / H)
+    assert out["boxes"][0].tolist() == pytest.approx([6 * sx, 4 * sy, 20 * sx, 10 * sy])
+    assert out["boxes"][1, 2] == 1067
+    assert out["masks"].shape == (2, 800, 1067)
+
+
+def test_flip_mirrors_boxes_masks_semantic_and_image_consistently() -> None:
+    image, target, _ = sample()
+    flipped_image, flipped = horizontal_flip(image, target)
+    assert flipped["boxes"].tolist() == [[W - 20.0, 4.0, W - 6.0, 10.0], [W - 39.0, 15.0, W - 30.0, 29.0]]
+    for k in range(2):
+        assert tight_box(flipped["masks"][k]) == flipped["boxes"][k].tolist()
+    assert torch.equal(flipped["semantic_seg"][:, 0], target["semantic_seg"][:, W - 1])
+    assert torch.equal(flipped_image[:, :, 0], image[:, :, W - 1])
+    assert torch.equal(horizontal_flip(*horizontal_flip(image, target))[1]["masks"], target["masks"])
+    assert flipped["labels"] is target["labels"]
+
+
+def test_flip_decision_comes_from_the_generator() -> None:
+    flip = RandomHorizontalFlip(0.5)
+    decisions = [flip(*sample(), sample_generator(0, 0, i))[2]["flip"] for i in range(200)]
+    again = [flip(*sample(), sample_generator(0, 0, i))[2]["flip"] for i in range(200)]
+    next_epoch = [flip(*sample(), sample_generator(0, 1, i))[2]["flip"] for i in range(200)]
+    assert decisions == again
+    assert decisions != next_epoch
+    assert 70 <= sum(decisions) <= 130
+    assert all(RandomHorizontalFlip(1.0)(*sample(), torch.Generator())[2]["flip"] for _ in range(5))
+
+
+def test_build_transforms_train_resizes_then_flips_eval_only_resizes() -> None:
+    train, evaluation = build_transforms(train=True, scale=(80, 60)), build_transforms(train=False, scale=(80, 60))
+    image, target, meta = sample()
+    seeds = range(40)
+    flips = []
+    for i in seeds:
+        out_image, out, out_meta = train(image, target, meta, sample_generator(3, 0, i))
+        ref_image, ref, ref_meta = evaluation(image, target, meta, sample_generator(3, 0, i))
+        assert ref_meta["flip"] is False and out_meta["img_shape"] == ref_meta["img_shape"] == (60, 80)
+        if out_meta["flip"]:
+            ref_image, ref = horizontal_flip(ref_image, ref)
+        assert torch.equal(out_image, ref_image) and torch.equal(out["masks"], ref["masks"])
+        torch.testing.assert_close(out["boxes"], ref["boxes"])
+        flips.append(out_meta["flip"])
+    assert any(flips) and not all(flips)
+    assert build_transforms(train=False, scale=None)(image, target, meta)[0] is image
+
+
+def test_bad_transform_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="Resize scale"):
+        Resize((0, 800))
+    with pytest.raises(ValueError, match="flip probability"):
+        RandomHorizontalFlip(1.5)
+
+
+def test_epoch_permutation_is_a_reproducible_shuffle() -> None:
+    order = epoch_permutation(50, seed=1, epoch=2)
+    assert sorted(order) == list(range(50))
+    assert order == epoch_permutation(50, seed=1, epoch=2)
+    assert order != epoch_permutation(50, seed=1, epoch=3)
+    assert np.any(np.array(order) != np.arange(50))
