@@ -21,6 +21,17 @@ class Placeholder:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    # Subclasses of dict and list are rebuilt item by item (SETITEMS / APPENDS opcodes).
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("elements", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        for value in values:
+            self.append(value)
+
     def __call__(self, *args: Any, **kwargs: Any) -> "Placeholder":
         return type(self)(*args, **kwargs)
 

@@ -1,0 +1,69 @@
+"""Seconds per image for each R50 preset at 1200x800 with 100 detections (not a test).
+
+    python benchmarks/inference_speed.py [--presets scnet_r50 htc_r50] [--repeats 3] [--device cpu]
+
+Uses the deterministic reference weights (shared/reference) so that every image yields the full 100
+detections, as MMDetection does on the same photo; the MMDetection 3.3.0 figures measured on a 2-core
+CPU machine are printed beside ours.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scnet import build_model
+from scnet.checkpoints import load_checkpoint
+from scnet.equivalence import write_reference_checkpoint
+from scnet.image_io import read_rgb, resize_for_test
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+MMDET_CPU_SECONDS = {"scnet_r50": "10.4-11.4", "htc_r50": "12.4", "cascade_mask_rcnn_r50": "12.4",
+                     "mask_rcnn_r50": "8.1"}
+
+
+def time_preset(preset: str, device: str, repeats: int, reference: Path) -> tuple[float, int]:
+    model = build_model(preset).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = write_reference_checkpoint(reference / f"{preset}.state_dict.json", Path(tmp) / "w.pth")
+        load_checkpoint(model, ckpt)
+    model.to(device)
+    image, meta = resize_for_test(read_rgb(reference / "oracle" / "coffee_1200x800.png"))
+    image = image.to(device)
+    times, count = [], 0
+    with torch.inference_mode():
+        model([image], image_metas=[meta])  # warm-up
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            out = model([image], image_metas=[meta])[0]
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            count = int(out["scores"].numel())
+    return statistics.median(times), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(MMDET_CPU_SECONDS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("--reference", type=Path, default=REFERENCE)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"{'preset':24s} {'device':6s} {'s/image':>8s} {'dets':>5s}   MMDetection 3.3.0 CPU s/image")
+    for device in args.device:
+        for preset in args.presets:
+            seconds, count = time_preset(preset, device, args.repeats, args.reference)
+            mm = MMDET_CPU_SECONDS.get(preset, "-") if device == "cpu" else "-"
+            print(f"{preset:24s} {device:6s} {seconds:8.2f} {count:5d}   {mm}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Checkpoint import: format detection, tolerant unpickling of MMDetection's meta, and clear errors."""
+from __future__ import annotations
+
+import pickle
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from scnet import build_model
+from scnet.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
+
+SMOKE = dict(num_classes=3, num_semantic_classes=4)
+
+
+def test_native_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("scnet_r18_smoke", **SMOKE)
+    path = save_checkpoint(tmp_path / "m.pth", model, iteration=7)
+    other = build_model("scnet_r18_smoke", **SMOKE)
+    meta = load_checkpoint(other, path)
+    assert meta["iteration"] == 7
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+
+
+def test_checkpoint_of_another_architecture_names_the_right_preset(tmp_path):
+    model = build_model("scnet_r18_smoke", **SMOKE)
+    path = save_checkpoint(tmp_path / "m.pth", model, preset="scnet_r18_smoke")
+    with pytest.raises(CheckpointError, match=r"try --preset scnet_r18_smoke"):
+        load_checkpoint(build_model("htc_r18_smoke", **SMOKE), path, preset_name="htc_r18_smoke")
+
+
+def test_missing_and_extra_tensors_are_listed(tmp_path):
+    model = build_model("mask_rcnn_r18_smoke", **SMOKE)
+    state = model.state_dict()
+    state.pop("rpn.conv.weight")
+    state["rpn.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path / "broken.pth")
+    message = str(err.value)
+    assert "1 tensor(s) missing" in message and "rpn.conv.weight" in message
+    assert "1 unexpected" in message and "rpn.extra.weight" in message
+
+
+def test_wrong_class_count_is_a_shape_error(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pth", build_model("mask_rcnn_r18_smoke", **SMOKE))
+    with pytest.raises(CheckpointError, match="of another shape"):
+        load_checkpoint(build_model("mask_rcnn_r18_smoke", num_classes=5), path)
+
+
+def test_not_a_checkpoint_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    model = build_model("mask_rcnn_r18_smoke", **SMOKE)
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(model, bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(model, tmp_path / "absent.pth")
+
+
+def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
+    """MMDetection pickles mmengine objects into `meta`; loading must not need them installed."""
+    package = tmp_path / "fake_mmengine"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        class ConfigDict(dict):
+            pass
+        class HistoryBuffer:
+            def __init__(self):
+                self.values = [1, 2, 3]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fake_mmengine  # noqa: F401  (only importable inside this test)
+
+    model = build_model("mask_rcnn_r18_smoke", **SMOKE)
+    mm_state = {}
+    renames = {
+        "neck.lateral.": "neck.lateral_convs.", "neck.output.": "neck.fpn_convs.", "rpn.conv.": "rpn_head.rpn_conv.",
+        "rpn.objectness.": "rpn_head.rpn_cls.", "rpn.deltas.": "rpn_head.rpn_reg.",
+    }
+    for name, tensor in model.state_dict().items():
+        mm = name
+        for ours, theirs in renames.items():
+            if name.startswith(ours):
+                mm = theirs + name[len(ours):]
+                if theirs.startswith("neck."):
+                    head, tail = mm.rsplit(".", 1)
+                    mm = f"{head}.conv.{tail}"
+        if name.startswith("roi_heads.box_heads.0."):
+            mm = "roi_head.bbox_head." + name.split(".", 3)[3].replace("fcs.", "shared_fcs.") \
+                .replace("classifier.", "fc_cls.").replace("regressor.", "fc_reg.")
+        if name.startswith("roi_heads.mask_heads.0."):
+            mm = "roi_head.mask_head." + name.split(".", 3)[3].replace("logits.", "conv_logits.")
+        assert mmdet_to_ours(mm) == name
+        mm_state[mm] = tensor
+    payload = {"state_dict": mm_state,
+               "meta": {"cfg": fake_mmengine.ConfigDict(a=1), "hist": fake_mmengine.HistoryBuffer()}}
+    path = tmp_path / "mmdet.pth"
+    torch.save(payload, path)
+    monkeypatch.delitem(sys.modules, "fake_mmengine")
+    monkeypatch.syspath_prepend(str(tmp_path / "nowhere"))
+    (package / "__init__.py").unlink()  # now truly unimportable
+    fresh = build_model("mask_rcnn_r18_smoke", **SMOKE)
+    meta = load_checkpoint(fresh, path, format="auto")
+    assert "unimportable fake_mmengine.HistoryBuffer" in repr(meta["hist"])
+    with pytest.raises((ModuleNotFoundError, pickle.UnpicklingError, AttributeError)):
+        torch.load(path, weights_only=False)
+
+
+def test_unknown_mmdet_name_is_refused():
+    with pytest.raises(UnmappedKeyError):
+        mmdet_to_ours("roi_head.point_head.fc.weight")

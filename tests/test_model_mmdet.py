@@ -1,0 +1,68 @@
+"""Our presets are MMDetection 3.3.0's networks: same parameter counts, a one-to-one key map, and the
+same detections as MMDetection on the coffee photo with the deterministic reference weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scnet import build_model
+from scnet.checkpoints import load_checkpoint, mmdet_to_ours
+from scnet.equivalence import match_detections, write_reference_checkpoint
+from scnet.image_io import read_rgb, resize_for_test
+from scnet.presets import MMDET_PRESETS
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+ORACLE_PRESETS = ("mask_rcnn_r50", "cascade_mask_rcnn_r50", "htc_r50", "scnet_r50")
+
+pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"{REFERENCE} (shared/reference) is not beside the repo")
+
+
+def manifest(preset: str) -> dict:
+    return json.loads((REFERENCE / f"{preset}.state_dict.json").read_text())
+
+
+@pytest.mark.parametrize("preset", MMDET_PRESETS)
+def test_parameter_count_and_key_map_match_the_manifest(preset):
+    ref = manifest(preset)
+    model = build_model(preset)
+    assert sum(p.numel() for p in model.parameters()) == ref["num_parameters"]
+    mapped = {mmdet_to_ours(name): shape for name, (shape, _dtype) in ref["keys"].items()}
+    assert len(mapped) == len(ref["keys"]), "two MMDetection names map to one of ours"
+    ours = {name: list(t.shape) for name, t in model.state_dict().items()}
+    assert mapped == ours
+    # a state dict made from the manifest loads strictly under the mapped names
+    state = {mmdet_to_ours(name): torch.zeros(shape, dtype=getattr(torch, dtype))
+             for name, (shape, dtype) in ref["keys"].items()}
+    model.load_state_dict(state, strict=True)
+
+
+@pytest.fixture(scope="module")
+def coffee():
+    image = read_rgb(REFERENCE / "oracle" / "coffee_1200x800.png")
+    return resize_for_test(image)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ORACLE_PRESETS)
+def test_reference_weights_reproduce_mmdetection_detections(preset, coffee, tmp_path):
+    checkpoint = write_reference_checkpoint(REFERENCE / f"{preset}.state_dict.json", tmp_path / "ref.pth")
+    model = build_model(preset).eval()
+    load_checkpoint(model, checkpoint, preset_name=preset)
+    oracle = json.loads((REFERENCE / "oracle" / f"{preset}.coffee.mmdet_outputs.json").read_text())
+    image, meta = coffee
+    assert list(image.shape[-2:]) == oracle["input"]["img_shape"]
+    with torch.inference_mode():
+        batch, _ = model.batch([image])
+        features = model.features(batch)
+        for level, expected in zip(features, oracle["fpn_levels"]):
+            assert list(level.shape) == expected["shape"]
+            assert abs(level.mean().item() - expected["mean"]) < 1e-3
+        detections = model([image], image_metas=[meta])[0]
+    report = match_detections(oracle["detections"], detections)
+    assert report.total > 0
+    assert report.all_matched, f"{preset}: unmatched MMDetection detections {report.unmatched}"
+    assert detections["masks"].shape[-2:] == (800, 1200)

@@ -1,0 +1,69 @@
+"""`python -m scnet.predict`: COCO-format output and one clear error per user mistake."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scnet import build_model
+from scnet.checkpoints import save_checkpoint
+from scnet.predict import main
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "mask_rcnn_smoke.pth"
+    return save_checkpoint(path, build_model("mask_rcnn_r18_smoke"), preset="mask_rcnn_r18_smoke")
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_writes_coco_results(smoke_checkpoint, photo, tmp_path, capsys):
+    out = tmp_path / "dets.json"
+    code = main(["--preset", "mask_rcnn_r18_smoke", "--checkpoint", str(smoke_checkpoint), "--image", str(photo),
+                 "--out", str(out), "--score-thr", "0.0"])
+    assert code == 0
+    records = json.loads(out.read_text())
+    assert records, "random weights at score threshold 0 still give detections"
+    first = records[0]
+    assert set(first) >= {"bbox", "score", "category_id", "label", "segmentation"}
+    assert len(first["bbox"]) == 4 and first["bbox"][2] >= 0 and first["bbox"][3] >= 0
+    assert first["segmentation"]["size"] == [90, 140]  # pasted at the original image size
+    from scnet.coco_ids import COCO_CATEGORY_IDS
+    assert all(r["category_id"] == COCO_CATEGORY_IDS[r["label"]] for r in records)
+    assert "detections" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"--image": "missing.jpg"}, "does not exist"),
+    ({"--preset": "scnet_r5O"}, "unknown preset"),
+    ({"--preset": "scnet_r18_smoke"}, "try --preset mask_rcnn_r18_smoke"),
+    ({"--checkpoint": "nope.pth"}, "checkpoint"),
+])
+def test_user_mistakes_get_one_clear_error(change, expected, smoke_checkpoint, photo, tmp_path, capsys):
+    args = {"--preset": "mask_rcnn_r18_smoke", "--checkpoint": str(smoke_checkpoint), "--image": str(photo),
+            "--out": str(tmp_path / "dets.json")}
+    args.update({k: (str(tmp_path / v) if k in ("--image", "--checkpoint") else v) for k, v in change.items()})
+    code = main([x for pair in args.items() for x in pair])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "dets.json").exists(), "nothing is written on error"
+
+
+def test_non_image_file_is_refused(smoke_checkpoint, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    code = main(["--preset", "mask_rcnn_r18_smoke", "--checkpoint", str(smoke_checkpoint), "--image", str(text),
+                 "--out", str(tmp_path / "d.json")])
+    assert code == 2 and "not a readable image" in capsys.readouterr().err
