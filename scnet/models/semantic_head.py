@@ -23,8 +23,9 @@ class SemanticHead(nn.Module):
         self.logits = nn.Conv2d(channels, num_classes, 1)
         self.embedding = ConvReLU(channels, channels, 1)
 
-    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits at stride 8, embedding at stride 8)."""
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(logits at stride 8, embedding at stride 8); the logits only feed the loss, so inference
+        skips them."""
         x = self.lateral[FUSION_LEVEL](features[FUSION_LEVEL])
         size = x.shape[-2:]
         for i, feature in enumerate(features):
@@ -33,7 +34,8 @@ class SemanticHead(nn.Module):
                 x = x + self.lateral[i](resized)
         for layer in getattr(self, "blocks", None) or self.convs:
             x = layer(x)
-        return self.logits(x), self.embedding(x)
+        logits = self.logits(x) if self.training else None
+        return logits, self.embedding(x)
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
