@@ -73,6 +73,7 @@ class ModelConfig:
     mask_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        _normalise_types(self)
         validate(self)
 
     @property
@@ -100,17 +101,52 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; known fields: {sorted(known)}")
-        converted = {k: _as_tuple(v) for k, v in values.items()}
-        return cls(**converted)
+        return cls(**values)
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
 
 
-def _as_tuple(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    return value
+def _expected_kind(default: Any) -> type | None:
+    for kind in (bool, int, float, str, tuple):
+        if isinstance(default, kind):
+            return kind
+    return None
+
+
+def _normalise_types(cfg: ModelConfig) -> None:
+    """Check each field against the type of its default, and store numbers in one canonical form
+    (3 and 3.0 are the same lambda and must serialise, and hash into run ids, identically)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = _expected_kind(f.default)
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                object.__setattr__(cfg, f.name, float(value))
+        elif kind is str:
+            ok = isinstance(value, str)
+        elif kind is tuple:
+            ok = isinstance(value, (tuple, list))
+            if ok:
+                object.__setattr__(cfg, f.name, _float_tuple(value))
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{f.name}={value!r} must be of type {kind.__name__} "
+                              f"(for example {f.name}={f.default!r})")
+
+
+def _float_tuple(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_float_tuple(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{value!r} is not a number")
+    return float(value)
 
 
 def validate(cfg: ModelConfig) -> None:

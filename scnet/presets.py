@@ -66,7 +66,13 @@ def resolve_config(preset: str, **flags: Any) -> ModelConfig:
         close = difflib.get_close_matches(preset, PRESETS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {preset!r}.{hint} Known presets: {', '.join(preset_names())}")
-    values = dict(PRESETS[preset])
+    return apply_flags(PRESETS[preset], **flags)
+
+
+def apply_flags(base: dict[str, Any], **flags: Any) -> ModelConfig:
+    """`base` config values with `flags` on top, following the family's coupling rules."""
+    flags = dict(flags)
+    values = dict(base)
     # Effective sample consistency *is* SCNet's deep residual mask branch (and SCNet's residual semantic
     # head), so switching it on or off on any preset brings the matching heads unless given explicitly.
     # This keeps "Cascade Mask R-CNN + all SCNet flags" and the scnet preset one and the same network.
@@ -76,7 +82,4 @@ def resolve_config(preset: str, **flags: Any) -> ModelConfig:
         flags.setdefault("mask_convs", 12 if effective else 4)
         flags.setdefault("semantic_residual", effective)
     values.update(flags)
-    try:
-        return ModelConfig.from_dict(values)
-    except TypeError as exc:  # pragma: no cover - from_dict names unknown fields first
-        raise ConfigError(str(exc)) from exc
+    return ModelConfig.from_dict(values)

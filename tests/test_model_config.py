@@ -1,0 +1,225 @@
+"""The model family's configuration: combinations the paper does not define are refused at build time
+with a `ConfigError` naming the flags; one network spelled two ways resolves to one config; every
+preset survives `to_dict` / `from_dict` (and JSON)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import scnet
+import scnet.build
+from scnet import ConfigError, ModelConfig, build_model, preset_names, resolve_config
+
+SIZES = ("r50", "r101", "x101_64x4d", "r18_smoke")
+BACKBONE = {"r50": "resnet50", "r101": "resnet101", "x101_64x4d": "resnext101_64x4d", "r18_smoke": "resnet18"}
+
+
+@pytest.fixture
+def no_layers(monkeypatch):
+    """Fail if a refused config gets as far as building layers."""
+    def refuse(cfg):  # pragma: no cover - only reached when validation is missing
+        raise AssertionError(f"layers were built for a config that should be refused: {cfg}")
+    monkeypatch.setattr(scnet.build, "Detector", refuse)
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+REFUSED = [
+    # (id, preset, flags, words the message must contain)
+    ("sc_effective_on_mask_rcnn", "mask_rcnn_r18_smoke", dict(sample_consistency="effective"),
+     ["sample_consistency", "stages"]),
+    ("sc_naive_on_mask_rcnn", "mask_rcnn_r50", dict(sample_consistency="naive"), ["sample_consistency", "stages"]),
+    ("sc_on_htc", "htc_r50", dict(sample_consistency="effective"), ["sample_consistency", "mask_flow"]),
+    ("htc_flow_with_naive_sc", "cascade_mask_rcnn_r50", dict(mask_flow="htc", sample_consistency="naive"),
+     ["sample_consistency", "mask_flow"]),
+    ("htc_flow_on_scnet", "scnet_r18_smoke", dict(mask_flow="htc"), ["sample_consistency", "mask_flow"]),
+    ("feature_relay_on_htc", "htc_r18_smoke", dict(feature_relay=True), ["feature_relay", "mask_flow"]),
+    ("feature_relay_with_htc_flow", "cascade_mask_rcnn_r50", dict(mask_flow="htc", feature_relay=True),
+     ["feature_relay", "mask_flow"]),
+    ("htc_flow_on_mask_rcnn", "mask_rcnn_r50", dict(mask_flow="htc"), ["mask_flow", "stages"]),
+    ("two_stages", "cascade_mask_rcnn_r50", dict(stages=2), ["stages"]),
+    ("three_stages_with_one_alpha", "mask_rcnn_r50", dict(stages=3), ["stages"]),
+    ("alpha_of_wrong_length", "cascade_mask_rcnn_r50", dict(stage_loss_weights=(1.0, 0.5)), ["stage_loss_weights"]),
+    ("unknown_sample_consistency", "cascade_mask_rcnn_r50", dict(sample_consistency="full"),
+     ["sample_consistency", "full"]),
+    ("unknown_mask_flow", "cascade_mask_rcnn_r50", dict(mask_flow="interleaved"), ["mask_flow", "interleaved"]),
+    ("unknown_backbone", "scnet_r50", dict(backbone="resnet34"), ["backbone", "resnet34"]),
+    ("negative_lambda", "scnet_r50", dict(glbctx_weight=-1.0), ["glbctx_weight"]),
+    ("no_classes", "scnet_r50", dict(num_classes=0), ["num_classes"]),
+    ("one_semantic_class", "htc_r50", dict(num_semantic_classes=1), ["num_semantic_classes"]),
+    ("odd_residual_mask_convs", "scnet_r50", dict(mask_convs=3), ["mask_convs"]),
+]
+
+
+@pytest.mark.parametrize("preset,flags,words", [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_undefined_combinations_are_refused_before_building(no_layers, preset, flags, words):
+    with pytest.raises(ConfigError) as info:
+        build_model(preset, **{"num_classes": 3, **flags})
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+    # the same refusal whichever way the config is spelled
+    values = dict(resolve_config(preset).to_dict(), **flags)
+    with pytest.raises(ConfigError):
+        ModelConfig.from_dict(values)
+    with pytest.raises(ConfigError):
+        ModelConfig(**values)
+
+
+def test_refusals_are_value_errors():
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("scnet_r5", "scnet_r50"),
+    ("cascade_rcnn_r50", "cascade_mask_rcnn_r50"),
+    ("htc_r18", "htc_r18_smoke"),
+    ("mask_rcnn_resnet50", "mask_rcnn_r50"),
+])
+def test_unknown_preset_is_refused_with_a_suggestion(no_layers, name, expected):
+    with pytest.raises(ConfigError) as info:
+        build_model(name, num_classes=3)
+    message = str(info.value)
+    assert repr(name) in message
+    head = message.split("Known presets")[0]  # the suggestion, before the full list
+    assert "Did you mean" in head and expected in head, message
+
+
+@pytest.mark.parametrize("flag", ["feature_relays", "glbctx_weigth", "sample_consistancy", "num_stages"])
+def test_unknown_flag_is_refused_and_named(no_layers, flag):
+    with pytest.raises(ConfigError) as info:
+        build_model("scnet_r18_smoke", num_classes=3, **{flag: True})
+    assert flag in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ModelConfig.from_dict({**ModelConfig().to_dict(), flag: 1})
+    assert flag in str(info.value)
+
+
+def test_unknown_flag_on_an_explicit_config_is_a_config_error(no_layers):
+    with pytest.raises(ConfigError, match="feature_relays"):
+        build_model(resolve_config("scnet_r18_smoke"), feature_relays=True)
+
+
+def test_non_boolean_switch_is_refused(no_layers):
+    with pytest.raises(ConfigError, match="feature_relay"):
+        build_model("cascade_mask_rcnn_r18_smoke", num_classes=3, feature_relay="false")
+
+
+def test_refused_replace_on_an_explicit_config(no_layers):
+    cfg = resolve_config("htc_r18_smoke", num_classes=3)
+    with pytest.raises(ConfigError, match="feature_relay"):
+        build_model(cfg, feature_relay=True)
+    with pytest.raises(ConfigError, match="sample_consistency"):
+        cfg.replace(sample_consistency="effective")
+
+
+# ----------------------------------------------------------------------------- one network, one config
+
+@pytest.mark.parametrize("size", SIZES)
+def test_scnet_is_cascade_with_all_components(size):
+    """Table 2's last row (Cascade Mask R-CNN + semantic + SC + FR + GC) is the scnet preset."""
+    scnet_cfg = resolve_config(f"scnet_{size}")
+    spelled = resolve_config(f"cascade_mask_rcnn_{size}", semantic=True, sample_consistency="effective",
+                             feature_relay=True, global_context=True)
+    assert spelled == scnet_cfg
+    assert hash(spelled) == hash(scnet_cfg)
+    assert json.dumps(spelled.to_dict(), sort_keys=True) == json.dumps(scnet_cfg.to_dict(), sort_keys=True)
+    # the paper's SCNet: 3 stages, alpha, beta = 1.75, gamma = 0.2, lambda = 3, deep residual mask branch
+    assert scnet_cfg.backbone == BACKBONE[size]
+    assert scnet_cfg.stages == 3 and scnet_cfg.mask_flow == "cascade"
+    assert scnet_cfg.stage_iou_thresholds == (0.5, 0.6, 0.7)
+    assert scnet_cfg.stage_loss_weights == (1.0, 0.5, 0.25)
+    assert scnet_cfg.mask_loss_weight == pytest.approx(1.75)
+    assert scnet_cfg.semantic_weight == pytest.approx(0.2) and scnet_cfg.glbctx_weight == pytest.approx(3.0)
+    assert scnet_cfg.mask_convs == 12 and scnet_cfg.semantic_residual
+    assert scnet_cfg.num_mask_heads == 1 and not scnet_cfg.has_mask_per_stage
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_other_spellings_of_the_same_network(size):
+    cascade, scnet_name = f"cascade_mask_rcnn_{size}", f"scnet_{size}"
+    # HTC = cascade + interleaved mask flow + semantic
+    assert resolve_config(f"htc_{size}") == resolve_config(cascade, mask_flow="htc", semantic=True)
+    # Table 5, lambda = None, is Table 2's SC + FR row
+    assert resolve_config(scnet_name, global_context=False) == resolve_config(
+        cascade, semantic=True, sample_consistency="effective", feature_relay=True)
+    # switching SC off on scnet brings back the 4-conv branches and the plain semantic head
+    assert resolve_config(scnet_name, sample_consistency="none") == resolve_config(
+        cascade, semantic=True, feature_relay=True, global_context=True)
+    # flags equal to the preset's own values change nothing, in any order
+    assert resolve_config(scnet_name, global_context=True, feature_relay=True, semantic=True,
+                          sample_consistency="effective") == resolve_config(scnet_name)
+    assert resolve_config(cascade, sample_consistency="none") == resolve_config(cascade)
+    # a list where the config holds a tuple is the same value
+    assert resolve_config(cascade, stage_loss_weights=[1.0, 0.5, 0.25]) == resolve_config(cascade)
+    # and networks that differ are different configs
+    assert resolve_config(scnet_name) != resolve_config(scnet_name, glbctx_weight=0.0)
+    assert resolve_config(cascade, sample_consistency="naive") != resolve_config(cascade)
+
+
+def test_integer_and_float_spellings_serialise_identically():
+    a = resolve_config("scnet_r50")
+    b = resolve_config("scnet_r50", glbctx_weight=3)
+    assert a == b
+    assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+
+
+def test_two_spellings_build_the_same_layers():
+    a = build_model("scnet_r18_smoke", num_classes=3, num_semantic_classes=4)
+    b = build_model("cascade_mask_rcnn_r18_smoke", num_classes=3, num_semantic_classes=4, semantic=True,
+                    sample_consistency="effective", feature_relay=True, global_context=True)
+    shapes_a = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    shapes_b = {k: tuple(v.shape) for k, v in b.state_dict().items()}
+    assert shapes_a == shapes_b
+    assert a.config == b.config
+
+
+def test_preset_table():
+    names = preset_names()
+    assert names == sorted(names) and len(names) == len(set(names))
+    for arch in ("mask_rcnn", "cascade_mask_rcnn", "htc", "scnet"):
+        for size in SIZES:
+            assert f"{arch}_{size}" in names
+    mask_rcnn = resolve_config("mask_rcnn_r50")
+    assert mask_rcnn.stages == 1 and mask_rcnn.stage_loss_weights == (1.0,)
+    assert mask_rcnn.sample_consistency == "none" and not mask_rcnn.semantic
+    cascade = resolve_config("cascade_mask_rcnn_r50")
+    assert cascade.stages == 3 and not (cascade.semantic or cascade.feature_relay or cascade.global_context)
+    assert cascade.bbox_target_stds == ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
+    htc = resolve_config("htc_r50")
+    assert htc.mask_flow == "htc" and htc.semantic and htc.sample_consistency == "none"
+
+
+# ---------------------------------------------------------------------------------------- round trip
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_round_trips(preset):
+    cfg = resolve_config(preset)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    through_json = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert through_json == cfg
+    assert hash(through_json) == hash(cfg)
+    assert through_json.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("flags", [
+    dict(num_classes=3, num_semantic_classes=4),
+    dict(sample_consistency="naive", feature_relay=True),
+    dict(global_context=True, glbctx_weight=0.0),
+    dict(stage_loss_weights=(1.0, 0.0, 0.0)),
+])
+def test_flag_variants_round_trip(flags):
+    cfg = resolve_config("cascade_mask_rcnn_r18_smoke", **flags)
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    for key, value in flags.items():
+        assert getattr(again, key) == value
+
+
+def test_config_is_frozen():
+    cfg = resolve_config("scnet_r50")
+    with pytest.raises(Exception):
+        cfg.feature_relay = False  # type: ignore[misc]
+    assert cfg.replace(feature_relay=False).feature_relay is False
+    assert cfg.feature_relay is True
