@@ -1,0 +1,124 @@
+"""Seconds per training iteration and peak memory of a preset at an image size, on CPU and CUDA.
+
+    python benchmarks/train_speed.py --preset scnet_r50 --size 1333 800 --batch 2 --iters 10
+    python benchmarks/train_speed.py --preset scnet_r18_smoke --size 256 192 --device cpu
+
+Inputs are random images with random rectangular objects (no dataset needed); the step is the
+trainer's (forward, backward, SGD update; AMP on CUDA unless --no-amp). The first `--warmup`
+iterations are not timed. Peak memory is `torch.cuda.max_memory_allocated` on CUDA and the
+process's peak resident set size on CPU. Not a test: numbers depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+from scnet import build_model
+
+
+def random_batch(batch: int, width: int, height: int, num_classes: int, semantic: bool, seed: int,
+                 objects: int = 6) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Images 0..255 with `objects` filled rectangles each, and the matching targets."""
+    generator = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(batch):
+        image = torch.rand(3, height, width, generator=generator) * 255
+        x1 = torch.rand(objects, generator=generator) * width * 0.7
+        y1 = torch.rand(objects, generator=generator) * height * 0.7
+        w = (torch.rand(objects, generator=generator) * 0.25 + 0.05) * width
+        h = (torch.rand(objects, generator=generator) * 0.25 + 0.05) * height
+        boxes = torch.stack([x1, y1, (x1 + w).clamp(max=width), (y1 + h).clamp(max=height)], dim=1)
+        labels = torch.randint(0, num_classes, (objects,), generator=generator)
+        masks = torch.zeros(objects, height, width, dtype=torch.uint8)
+        seg = torch.zeros(height, width, dtype=torch.int64)
+        for k, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
+            masks[k, b:d, a:c] = 1
+            seg[b:d, a:c] = int(labels[k]) + 1
+            image[:, b:d, a:c] = image[:, b:d, a:c] * 0.3 + 80.0 * (int(labels[k]) % 3)
+        target = {"boxes": boxes, "labels": labels, "masks": masks}
+        if semantic:
+            target["semantic_seg"] = seg
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
+def measure(preset: str, device: torch.device, *, width: int, height: int, batch: int, iters: int, warmup: int,
+            amp: bool, num_classes: int) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = build_model(preset, num_classes=num_classes, num_semantic_classes=num_classes + 1).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9, weight_decay=1e-4)
+    use_amp = amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    images, targets = random_batch(batch, width, height, num_classes, model.config.semantic, seed=0)
+    images = [i.to(device) for i in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(warmup + iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            losses = model(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        name = torch.cuda.get_device_name(device)
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    times.sort()
+    return {"preset": preset, "device": name, "size": [width, height], "batch": batch, "amp": use_amp,
+            "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
+            "peak_memory_mb": peak_mb, "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="scnet_r18_smoke")
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 192), metavar=("WIDTH", "HEIGHT"))
+    parser.add_argument("--batch", type=int, default=2, help="images per iteration (one process)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CPU, and CUDA too when present")
+    parser.add_argument("--no-amp", action="store_true")
+    args = parser.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        parser.error("--iters must be >= 1 and --warmup >= 0")
+    devices = []
+    if args.device in ("auto", "cpu"):
+        devices.append(torch.device("cpu"))
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: CUDA is not available on this machine")
+        devices.append(torch.device("cuda", 0))
+    for device in devices:
+        row = measure(args.preset, device, width=args.size[0], height=args.size[1], batch=args.batch,
+                      iters=args.iters, warmup=args.warmup, amp=not args.no_amp, num_classes=args.num_classes)
+        print(f"{row['preset']} on {row['device']}, {args.size[0]}x{args.size[1]} x{args.batch}"
+              f"{' amp' if row['amp'] else ''}: {row['s_per_iter_mean']:.3f} s/iter "
+              f"(median {row['s_per_iter_median']:.3f}), peak {row['peak_memory_mb']:.0f} MB ({row['memory_kind']})")
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

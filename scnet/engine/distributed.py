@@ -1,0 +1,165 @@
+"""Process-group set-up for DistributedDataParallel, launched by torchrun or as SLURM tasks.
+
+torchrun exports RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; a SLURM job step (srun, or
+submitit with tasks_per_node > 1) exports SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the node
+list instead, so the rendezvous address is derived from the first node of SLURM_NODELIST and the
+port from the job id (every task of a job computes the same one) unless given.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "none"  # "none", "torchrun" or "slurm"
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def expand_slurm_nodelist(nodelist: str) -> list[str]:
+    """'gpu[01-03,07],login1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu07', 'login1'] (zero padding kept)."""
+    hosts: list[str] = []
+    for match in re.finditer(r"([^,\[]+)(\[([^\]]*)\])?(?:,|$)", nodelist.strip()):
+        prefix, ranges = match.group(1), match.group(3)
+        if not prefix:
+            continue
+        if ranges is None:
+            hosts.append(prefix)
+            continue
+        for part in ranges.split(","):
+            if "-" in part:
+                start, end = part.split("-", 1)
+                width = len(start)
+                hosts.extend(f"{prefix}{i:0{width}d}" for i in range(int(start), int(end) + 1))
+            else:
+                hosts.append(f"{prefix}{part}")
+    if not hosts:
+        raise ValueError(f"SLURM_NODELIST={nodelist!r}: no host names found")
+    return hosts
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError as exc:
+        raise ValueError(f"environment variable {key}={env[key]!r} is not an integer") from exc
+
+
+def detect_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
+    """Read the launcher's variables; a single process (or a one-task SLURM job) is not distributed."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(
+            rank=_int(env, "RANK"), world_size=_int(env, "WORLD_SIZE"),
+            local_rank=_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+            launcher="torchrun")
+    slurm_tasks = _int(env, "SLURM_NTASKS") if "SLURM_PROCID" in env and "SLURM_NTASKS" in env else 1
+    if slurm_tasks > 1:
+        if "MASTER_ADDR" in env:
+            addr = env["MASTER_ADDR"]
+        else:
+            nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if not nodelist:
+                raise ValueError("SLURM task environment without SLURM_NODELIST or MASTER_ADDR: "
+                                 "set MASTER_ADDR to the first node's host name")
+            addr = expand_slurm_nodelist(nodelist)[0]
+        if "MASTER_PORT" in env:
+            port = _int(env, "MASTER_PORT")
+        else:
+            job = int(env.get("SLURM_JOB_ID", "0") or 0)
+            port = 20000 + job % 20000
+        return DistEnv(rank=_int(env, "SLURM_PROCID"), world_size=_int(env, "SLURM_NTASKS"),
+                       local_rank=_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+                       master_addr=addr, master_port=port, launcher="slurm")
+    return DistEnv()
+
+
+def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
+    """Join the process group (nccl on CUDA, gloo on CPU); a no-op for one process."""
+    if not dist_env.is_distributed or (dist.is_available() and dist.is_initialized()):
+        return
+    os.environ["MASTER_ADDR"] = dist_env.master_addr
+    os.environ["MASTER_PORT"] = str(dist_env.master_port)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    # Rank 0 alone runs COCOeval on val2017 (minutes) while the others wait in a collective; the
+    # default NCCL timeout (10 min) would kill them.
+    dist.init_process_group(backend=backend, init_method="env://", rank=dist_env.rank,
+                            world_size=dist_env.world_size, timeout=datetime.timedelta(minutes=60))
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (just `[obj]` for one process)."""
+    if not is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """Average scalar logs over ranks so rank 0's log shows the global batch's losses."""
+    if not is_initialized() or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.cpu().tolist()))
+
+
+def host_name() -> str:
+    return socket.gethostname()

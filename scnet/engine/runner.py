@@ -1,0 +1,262 @@
+"""One run from its RunConfig to its result.json: data, model, training (resumable), evaluation.
+
+`run_training` is what every executor calls (in-process, local subprocess, SLURM task, torchrun
+worker). It is idempotent: a finished run (result.json present) returns its result; an
+interrupted one resumes from `checkpoints/last.pth`. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from scnet.engine import distributed
+from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint
+from scnet.engine.coco_eval import coco_metrics, write_detections
+from scnet.engine.environment import collect_environment
+from scnet.engine.inference import gather_inference, run_inference
+from scnet.engine.run_config import RunConfig
+from scnet.engine.run_log import RunLog
+from scnet.engine.seeding import seed_everything
+from scnet.engine.trainer import iou_summary, train
+from scnet.records import (RESULT_FILE, IoURecorder, read_config, read_result, write_config, write_env,
+                           write_result)
+
+# Detections at or above this IoU with a same-class ground truth: the inference counterpart of the
+# training positives (whose IoU is >= the first stage's 0.5 threshold) for Figure 1.
+MATCHED_IOU = 0.5
+
+
+def pick_device(dist_env: distributed.DistEnv, device: str | torch.device | None = None) -> torch.device:
+    """The requested device, else this process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
+    if device is not None:
+        chosen = torch.device(device)
+    elif torch.cuda.is_available():
+        chosen = torch.device("cuda", dist_env.local_rank % torch.cuda.device_count())
+    else:
+        chosen = torch.device("cpu")
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def prepare_data(run_config: RunConfig) -> None:
+    """At smoke scale, generate the synthetic dataset on first use (rank 0; the others wait)."""
+    root = Path(run_config.data_root)
+    if run_config.scale == "smoke" and not (root / "annotations").is_dir():
+        if distributed.rank() == 0:
+            from scnet.data import ensure_synthetic
+
+            ensure_synthetic(root, seed=0)
+        distributed.barrier()
+
+
+def build_dataset(run_config: RunConfig, split: str, *, train: bool) -> Any:
+    from scnet.data import CocoInstances, build_transforms
+
+    transforms = build_transforms(train=train, scale=run_config.image_scale)
+    return CocoInstances(run_config.data_root, split=split, transforms=transforms, training=train,
+                         seed=run_config.seed)
+
+
+def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
+    """The network with the dataset's class counts (unless model_flags set them), seeded identically
+    on every rank and in every attempt of the run."""
+    from scnet import build_model
+
+    data_flags: dict[str, Any] = {"num_classes": dataset.num_classes}
+    if getattr(dataset, "num_semantic_classes", None):
+        data_flags["num_semantic_classes"] = dataset.num_semantic_classes
+    seed_everything(run_config.seed)
+    return build_model(run_config.model_config(**data_flags))
+
+
+def _check_run_dir(run_config: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume a different run into an existing folder."""
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        return
+    existing = RunConfig.from_dict(read_config(run_dir))
+    if existing.run_id() != run_config.run_id():
+        raise ValueError(f"{config_path}: this folder holds run {existing.run_id()}, not {run_config.run_id()} "
+                         "(the configs differ); use another run directory or delete this one")
+
+
+def evaluate_model(model: nn.Module, dataset: Any, run_config: RunConfig, *, device: torch.device,
+                   recorder: IoURecorder, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """COCO box/mask AP, inference speed and detection IoUs; every rank returns rank 0's numbers."""
+    settings = run_config.eval
+    start = time.perf_counter()
+    local = run_inference(model, dataset, collate_fn=_collate(), device=device, batch_size=settings.batch_size,
+                          num_workers=run_config.num_workers, max_images=settings.max_images,
+                          speed_warmup=settings.speed_warmup, progress=progress)
+    merged = gather_inference(local)
+    summary: dict[str, Any] | None = None
+    if distributed.rank() == 0:
+        ious = np.concatenate(merged.ious) if merged.ious else np.zeros(0)
+        recorder.add("inference", ious)
+        recorder.add("inference/matched", ious[ious >= MATCHED_IOU])
+        metrics, report = coco_metrics(dataset.coco, merged.results, merged.image_ids)
+        detections_path = write_detections(run_dir, merged.results)
+        RunLog(run_dir).info(f"evaluation on {len(merged.image_ids)} {settings.split} images:\n{report}")
+        summary = {
+            "metrics": metrics,
+            "speed": {"images_per_s": merged.images_per_s, "device": describe_device(device),
+                      "images_timed": merged.timed_images, "batch_size": settings.batch_size,
+                      "processes": distributed.world_size(), "amp": False},
+            "eval": {"split": settings.split, "num_images": len(merged.image_ids),
+                     "num_detections": len(merged.results), "detections_file": detections_path.name,
+                     "eval_s": time.perf_counter() - start,
+                     "inference_iou": "box IoU of each final detection with its best same-class "
+                                      "ground truth (0 if none); 'inference/matched' keeps IoU >= 0.5"},
+        }
+    return distributed.broadcast_object(summary)
+
+
+def _collate():
+    from scnet.data import collate
+
+    return collate
+
+
+def _result(run_config: RunConfig, model: nn.Module, evaluation: dict[str, Any], *, train_s: float,
+            iterations: int, extra: dict[str, Any], recorder: IoURecorder) -> dict[str, Any]:
+    return {
+        "status": "done",
+        "run_id": run_config.run_id(),
+        "config": {**run_config.to_dict(), "model": model.config.to_dict()},
+        "metrics": evaluation["metrics"],
+        "speed": evaluation["speed"],
+        "timing": {"train_s": float(train_s), "eval_s": float(evaluation["eval"]["eval_s"]),
+                   "iterations": iterations,
+                   "s_per_iter": float(train_s / iterations) if iterations else None},
+        "eval": evaluation["eval"],
+        "iou": iou_summary(recorder),
+        **extra,
+    }
+
+
+def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool = True,
+                 device: str | torch.device | None = None) -> dict[str, Any]:
+    """Train (resuming if interrupted), evaluate, write result.json; return the result on every rank."""
+    run_dir = Path(run_dir)
+    if (run_dir / RESULT_FILE).exists():
+        return read_result(run_dir)
+    dist_env = distributed.detect_dist_env()
+    chosen = pick_device(dist_env, device)
+    owns_group = dist_env.is_distributed and not distributed.is_initialized()
+    distributed.init_distributed(dist_env, chosen)
+    try:
+        is_main = distributed.rank() == 0
+        _check_run_dir(run_config, run_dir)
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not (run_dir / "config.json").exists():
+                write_config(run_dir, run_config.to_dict())
+            write_env(run_dir, collect_environment(world_size=distributed.world_size(),
+                                                   device=describe_device(chosen)))
+        prepare_data(run_config)
+        train_set = build_dataset(run_config, "train", train=True)
+        model = build_run_model(run_config, train_set).to(chosen)
+        recorder = IoURecorder(seed=run_config.seed)
+        outcome = train(model, train_set, collate_fn=_collate(), run_config=run_config, run_dir=run_dir,
+                        device=chosen, recorder=recorder, progress=progress)
+        if run_config.eval.enabled:
+            eval_set = build_dataset(run_config, run_config.eval.split, train=False)
+            evaluation = evaluate_model(model, eval_set, run_config, device=chosen, recorder=recorder,
+                                        run_dir=run_dir, progress=progress)
+        else:
+            evaluation = _no_evaluation(chosen)
+        result = _result(run_config, model, evaluation, train_s=outcome.train_s, iterations=outcome.iterations,
+                         recorder=recorder, extra={"train": {
+                             "iters_per_epoch": outcome.iters_per_epoch, "resumed_from": outcome.resumed_from,
+                             "final_losses": outcome.last_losses, "processes": distributed.world_size()}})
+        return _publish(run_dir, result, recorder)
+    finally:
+        if owns_group:
+            distributed.shutdown_distributed()
+
+
+def _publish(run_dir: Path, result: dict[str, Any], recorder: IoURecorder) -> dict[str, Any]:
+    """Rank 0 writes the IoU records, then result.json (last: it marks the run done); every rank
+    returns the result as written (JSON types, with its format version)."""
+    written: dict[str, Any] | None = None
+    if distributed.rank() == 0:
+        recorder.save(run_dir)
+        write_result(run_dir, result)
+        written = read_result(run_dir)
+    return distributed.broadcast_object(written)
+
+
+def _no_evaluation(device: torch.device) -> dict[str, Any]:
+    zeros = {name: 0.0 for name in ("AP", "AP50", "AP75", "APS", "APM", "APL")}
+    return {"metrics": {"bbox": dict(zeros), "segm": dict(zeros)},
+            "speed": {"images_per_s": 0.0, "device": describe_device(device)},
+            "eval": {"split": None, "num_images": 0, "num_detections": 0, "eval_s": 0.0,
+                     "skipped": "eval.enabled is false"}}
+
+
+def load_weights(model: nn.Module, checkpoint: str | Path, preset: str) -> None:
+    """Weights from elsewhere: an MMDetection checkpoint (keys mapped), the model library's own
+    format, or a bare state dict; strict, with the library's advice when they do not fit."""
+    from scnet.checkpoints.loading import load_checkpoint as load_model_checkpoint
+
+    load_model_checkpoint(model, checkpoint, preset_name=preset)
+
+
+def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, checkpoint: str | Path | None = None,
+                 progress: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Evaluate a run's final weights (or `checkpoint`) again and rewrite its result.json.
+
+    With `run_config` given (evaluating a checkpoint from elsewhere), `run_dir` is the output folder
+    and the result records `timing.train_s = 0`.
+    """
+    run_dir = Path(run_dir)
+    if run_config is None:
+        run_config = RunConfig.from_dict(read_config(run_dir))
+    dist_env = distributed.detect_dist_env()
+    chosen = pick_device(dist_env, device)
+    owns_group = dist_env.is_distributed and not distributed.is_initialized()
+    distributed.init_distributed(dist_env, chosen)
+    try:
+        is_main = distributed.rank() == 0
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not (run_dir / "config.json").exists():
+                write_config(run_dir, run_config.to_dict())
+        eval_set = build_dataset(run_config, run_config.eval.split, train=False)
+        model = build_run_model(run_config, eval_set).to(chosen)
+        recorder = IoURecorder(seed=run_config.seed)
+        train_s, iterations = 0.0, 0
+        source = Path(checkpoint) if checkpoint is not None else last_checkpoint_path(run_dir)
+        try:
+            state = load_checkpoint(source)
+        except CheckpointError:
+            if checkpoint is None:
+                raise
+            load_weights(model, source, run_config.preset)
+        else:
+            model.load_state_dict(state["model"])
+            recorder.load_state_dict(state["iou_recorder"])  # keeps the training IoUs beside the new ones
+            train_s, iterations = float(state["train_s"]), int(state["iteration"])
+            del state
+        evaluation = evaluate_model(model, eval_set, run_config, device=chosen, recorder=recorder,
+                                    run_dir=run_dir, progress=progress)
+        result = _result(run_config, model, evaluation, train_s=train_s, iterations=iterations,
+                         recorder=recorder, extra={"evaluated_checkpoint": str(source)})
+        return _publish(run_dir, result, recorder)
+    finally:
+        if owns_group:
+            distributed.shutdown_distributed()
+

@@ -1,0 +1,292 @@
+"""The training loop: SGD with warm-up and step decay, AMP on CUDA, DDP, checkpoints and exact resume.
+
+A run resumed from `checkpoints/last.pth` continues exactly where it stopped: the checkpoint holds
+the model, the optimiser's momentum, the AMP scaler, every rank's generator states, the IoU
+recorder and the iteration; the learning rate and the data order are pure functions of the
+iteration and of (seed, epoch). On CPU an interrupted-and-resumed run ends with the same weights,
+bit for bit, as an unbroken one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from scnet.engine import distributed
+from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint, save_checkpoint
+from scnet.engine.lr_schedule import learning_rate, set_learning_rate
+from scnet.engine.run_config import RunConfig
+from scnet.engine.run_log import RunLog, read_metrics
+from scnet.engine.sampling import ResumableBatchSampler, SeededSamples, iters_per_epoch
+from scnet.engine.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+from scnet.records import IoURecorder
+
+
+# Fields of a metrics.jsonl row that are not losses.
+_ROW_FIELDS = ("iter", "epoch", "lr", "time", "data_time", "eta_s", "memory_mb")
+
+
+@dataclass
+class TrainOutcome:
+    iterations: int
+    iters_per_epoch: int
+    train_s: float
+    resumed_from: int
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def move_targets(targets: Sequence[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+            for t in targets]
+
+
+class _IoUBuffer:
+    """Per-process IoUs since the last flush; rank 0 adds every rank's, in rank order, to the recorder.
+
+    Buffering keeps the cross-process gather to once per log interval instead of once per iteration.
+    """
+
+    def __init__(self, recorder: IoURecorder) -> None:
+        self.recorder = recorder
+        self.pending: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def add(self, mask_sample_ious: dict[int, torch.Tensor] | None) -> None:
+        if not mask_sample_ious:
+            return
+        for stage, ious in sorted(mask_sample_ious.items()):
+            self.pending[f"train/stage{int(stage)}"].append(ious.detach().float().reshape(-1))
+
+    def flush(self) -> None:
+        local = {tag: torch.cat(parts).cpu().numpy() for tag, parts in self.pending.items()}
+        self.pending.clear()
+        parts = distributed.all_gather_objects(local)
+        if distributed.rank() != 0:
+            return
+        for tag in sorted({tag for part in parts for tag in part}):
+            for part in parts:
+                if tag in part:
+                    self.recorder.add(tag, part[tag])
+
+
+class _LossWindow:
+    """Running means of the losses over the current log interval."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+        self.step_time = 0.0
+        self.data_time = 0.0
+
+    def add(self, losses: dict[str, float], step_time: float, data_time: float) -> None:
+        for name, value in losses.items():
+            self.sums[name] += value
+        self.count += 1
+        self.step_time += step_time
+        self.data_time += data_time
+
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.count, 1) for name, total in self.sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume a log interval cut by a checkpoint, so its row averages the same iterations."""
+        self.sums = defaultdict(float, state["sums"])
+        self.count = int(state["count"])
+
+
+def _check_finite(losses: dict[str, float], iteration: int, run_dir: Path) -> None:
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"{run_dir}: non-finite loss at iteration {iteration}: {bad}. The run diverged; lower the "
+            "learning rate (schedule.lr) or lengthen warm-up (schedule.warmup_iters), then delete "
+            "checkpoints/last.pth or resume from an earlier checkpoint")
+
+
+def _make_loader(dataset: Any, *, collate_fn: Callable, run_config: RunConfig, epoch: int, start_batch: int,
+                 device: torch.device) -> DataLoader:
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    sampler = ResumableBatchSampler(
+        num_items=len(dataset), global_batch=run_config.schedule.batch_size, seed=run_config.seed,
+        epoch=epoch, rank=distributed.rank(), world_size=distributed.world_size(), start_batch=start_batch)
+    # An explicit generator keeps the loader from drawing its worker base seed from the global
+    # generator, which the model's samplers use (resume would otherwise shift their stream).
+    return DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate_fn,
+                      num_workers=run_config.num_workers, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(derive_seed("loader", run_config.seed, epoch)))
+
+
+def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: RunConfig, run_dir: Path,
+          device: torch.device, recorder: IoURecorder, progress: bool = True) -> TrainOutcome:
+    """Train `model` (already on `device`) per `run_config.schedule`, resuming from run_dir's last.pth."""
+    run_dir = Path(run_dir)
+    schedule = run_config.schedule
+    rank, world = distributed.rank(), distributed.world_size()
+    is_main = rank == 0
+    log = RunLog(run_dir, enabled=is_main)
+    if schedule.batch_size % world:
+        raise ValueError(f"schedule.batch_size={schedule.batch_size} (global) is not divisible by the "
+                         f"{world} processes; use a multiple of {world}")
+    per_epoch = iters_per_epoch(len(dataset), schedule.batch_size)
+    if per_epoch < 1:
+        raise ValueError(f"{run_config.data_root}: the training split has {len(dataset)} images, fewer than "
+                         f"one global batch (schedule.batch_size={schedule.batch_size}); lower the batch size")
+    total = schedule.total_iters(per_epoch)
+    use_amp = run_config.amp and device.type == "cuda"
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_iter, train_s, rng_states, windows = 0, 0.0, None, None
+    checkpoint_path = last_checkpoint_path(run_dir)
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        if state["iters_per_epoch"] != per_epoch or state["total_iters"] != total:
+            raise CheckpointError(
+                f"{checkpoint_path}: saved with {state['iters_per_epoch']} iterations per epoch and "
+                f"{state['total_iters']} in all, but this run has {per_epoch} and {total} (dataset or "
+                "batch size changed?); use a new run directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        recorder.load_state_dict(state["iou_recorder"])
+        start_iter, train_s = int(state["iteration"]), float(state["train_s"])
+        if len(state["rng"]) == world:
+            rng_states = state["rng"]
+            windows = state["log_windows"]
+        elif is_main:
+            log.info(f"resuming with {world} processes from a checkpoint of {len(state['rng'])}: "
+                     "generator states re-seeded (the run stays valid but is not bit-identical)")
+        log.truncate_after(start_iter)
+        log.info(f"resumed from {checkpoint_path} at iteration {start_iter}/{total}")
+        del state
+    else:
+        log.info(f"training {total} iterations ({per_epoch} per epoch, global batch {schedule.batch_size}, "
+                 f"{world} process(es), device {device}, amp={use_amp})")
+
+    net: nn.Module = model
+    if world > 1:
+        # find_unused_parameters: a head can sit out an iteration (e.g. no positive samples).
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    net.train()
+    if rng_states is not None:
+        restore_rng_state(rng_states[rank])
+    else:
+        seed_everything(derive_seed("train", run_config.seed, rank, start_iter))
+
+    ious = _IoUBuffer(recorder)
+    window = _LossWindow()
+    if windows is not None:
+        window.load_state_dict(windows[rank])
+    last_losses: dict[str, float] = {}
+    bar = tqdm(total=total, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
+               disable=not (progress and is_main))
+
+    def save(iteration: int) -> None:
+        ious.flush()
+        states = distributed.all_gather_objects(capture_rng_state())
+        log_windows = distributed.all_gather_objects(window.state_dict())
+        if is_main:
+            save_checkpoint(checkpoint_path, {
+                "iteration": iteration, "total_iters": total, "iters_per_epoch": per_epoch,
+                "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "iou_recorder": recorder.state_dict(), "rng": states,
+                "log_windows": log_windows,
+                "train_s": train_s, "world_size": world, "run_config": run_config.to_dict(),
+            })
+        distributed.barrier()
+
+    iteration = start_iter
+    try:
+        while iteration < total:
+            epoch, start_batch = divmod(iteration, per_epoch)
+            loader = _make_loader(dataset, collate_fn=collate_fn, run_config=run_config, epoch=epoch,
+                                  start_batch=start_batch, device=device)
+            fetch_start = time.perf_counter()
+            for images, targets, _metas in loader:
+                step_start = time.perf_counter()
+                data_time = step_start - fetch_start
+                lr = learning_rate(iteration, schedule, per_epoch)
+                set_learning_rate(optimizer, lr)
+                images = [image.to(device, non_blocking=True) for image in images]
+                targets = move_targets(targets, device)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = net(images, targets)
+                total_loss = sum(losses.values())
+                # One device-to-host copy for all the logged numbers (a sync per loss is slow on CUDA).
+                numbers = torch.stack([v.detach().float() for v in (*losses.values(), total_loss)]).tolist()
+                values = dict(zip([*losses, "loss"], numbers))
+                _check_finite(values, iteration, run_dir)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total_loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                ious.add(getattr(unwrap(net), "mask_sample_ious", None))
+                iteration += 1
+                step_time = time.perf_counter() - step_start
+                train_s += step_time + data_time
+                window.add(values, step_time, data_time)
+                bar.update(1)
+                if progress and is_main:
+                    bar.set_postfix(loss=f"{window.means()['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+
+                if iteration % schedule.log_every == 0 or iteration == total:
+                    ious.flush()
+                    means = distributed.all_reduce_mean(window.means())
+                    last_losses = means
+                    seconds = window.step_time / max(window.count, 1)
+                    seconds += window.data_time / max(window.count, 1)
+                    row = {"iter": iteration, "epoch": epoch, "lr": lr, **means,
+                           "time": window.step_time / max(window.count, 1),
+                           "data_time": window.data_time / max(window.count, 1),
+                           "eta_s": seconds * (total - iteration)}
+                    if device.type == "cuda":
+                        row["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                    log.metrics(row)
+                    window = _LossWindow()
+                if iteration % schedule.checkpoint_every == 0 or iteration == total:
+                    save(iteration)
+                if iteration >= total:
+                    break
+                fetch_start = time.perf_counter()
+    finally:
+        bar.close()
+    if start_iter == total:
+        log.info("training already complete; evaluating")
+        rows = read_metrics(run_dir) if is_main else []
+        last_losses = {k: v for k, v in rows[-1].items() if k not in _ROW_FIELDS} if rows else {}
+    else:
+        log.info(f"training done: {total} iterations, {train_s:.1f} s")
+    return TrainOutcome(iterations=total, iters_per_epoch=per_epoch, train_s=train_s,
+                        resumed_from=start_iter, last_losses=last_losses)
+
+
+def iou_summary(recorder: IoURecorder) -> dict[str, Any]:
+    """Counts and mean IoU per tag, for result.json (the histograms live in iou_records.npz)."""
+    records = recorder.records()
+    out = {}
+    for tag in records.tags:
+        n = records.count(tag)
+        out[tag] = {"count": n, "mean": None if n == 0 else float(records.mean(tag)),
+                    "share_at_or_below_0.75": None if n == 0 else float(records.share_at_or_below(tag, 0.75))}
+    return out
+

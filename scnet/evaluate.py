@@ -1,0 +1,64 @@
+"""`python -m scnet.evaluate`: COCO box/mask AP and inference speed of a run or of a checkpoint.
+
+    python -m scnet.evaluate --run runs/scnet_r50                 # the run's last checkpoint; rewrites result.json
+    python -m scnet.evaluate --checkpoint model.pth --preset scnet_r50 --data data/coco --out runs/eval_x
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scnet.config import ConfigError
+from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags
+from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scnet.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a run directory (with config.json and checkpoints/last.pth)")
+    parser.add_argument("--checkpoint", type=Path, help="weights: a training checkpoint or a state dict")
+    parser.add_argument("--out", type=Path, help="output folder with --checkpoint (result.json, detections.json)")
+    add_model_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.run is not None:
+            run_config, run_dir = None, args.run
+            if args.eval_split is not None or args.eval_max_images is not None or args.preset or args.data:
+                raise ConfigError("with --run, the model, data and evaluation settings come from the run's "
+                                  "config.json (its run id covers them); drop --preset/--data/--eval-*")
+            if not (args.run / "config.json").exists():
+                raise ConfigError(f"{args.run / 'config.json'}: not found; is {args.run} a run directory?")
+        else:
+            if args.checkpoint is None or args.preset is None or args.data is None or args.out is None:
+                raise ConfigError("give --run RUN_DIR, or --checkpoint with --preset, --data and --out")
+            scale = args.scale or default_scale(args.preset)
+            image_scale = tuple(args.image_scale) if args.image_scale else default_image_scale(scale)
+            run_config = RunConfig(preset=args.preset, data_root=args.data, scale=scale,
+                                   model_flags=model_flags(args), seed=args.seed, image_scale=image_scale,
+                                   num_workers=args.workers,
+                                   eval=EvalConfig(split=args.eval_split or "val", max_images=args.eval_max_images))
+            run_dir = args.out
+    except (ConfigError, ValueError) as exc:
+        parser.error(str(exc))
+    from scnet.engine.runner import evaluate_run
+
+    result = evaluate_run(run_dir, run_config=run_config, checkpoint=args.checkpoint,
+                          progress=not args.no_progress, device=args.device)
+    from scnet.engine import distributed
+
+    if distributed.detect_dist_env().rank == 0:
+        print(json.dumps({"run_dir": str(run_dir), "metrics": result["metrics"], "speed": result["speed"]},
+                         indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
