@@ -1,0 +1,42 @@
+"""In-process executor: one run after another inside the harness, for debugging (breakpoints work)."""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+from experiments.executors.base import Executor, OnEnd, train_in_this_process
+from experiments.locking import RunLock
+from experiments.status import LOG_FILE, State, run_status, write_attempt
+
+
+class InlineExecutor(Executor):
+    name = "inline"
+    supports_no_wait = False
+
+    def __init__(self, progress: bool = True) -> None:
+        self.progress = progress
+
+    def execute(self, run_dirs: list[Path], *, wait: bool, on_end: OnEnd) -> None:
+        for run_dir in run_dirs:
+            status = run_status(run_dir)
+            if status.state is State.DONE or status.in_flight:
+                on_end(status)
+                continue
+            lock = RunLock(run_dir)
+            if not lock.try_acquire():
+                on_end(run_status(run_dir))
+                continue
+            try:
+                write_attempt(run_dir, "started", self.name)
+                try:
+                    train_in_this_process(run_dir, progress=self.progress)
+                except Exception as exc:  # a failed run must not stop the others
+                    text = traceback.format_exc()
+                    with open(Path(run_dir) / LOG_FILE, "a", encoding="utf-8") as log:
+                        log.write(text)
+                    write_attempt(run_dir, "failed", self.name, error=f"{type(exc).__name__}: {exc}")
+                else:
+                    write_attempt(run_dir, "finished", self.name)
+            finally:
+                lock.release()
+            on_end(run_status(run_dir))

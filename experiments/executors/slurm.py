@@ -1,0 +1,132 @@
+"""SLURM executor: a table's runs as one job array through submitit, logs inside each run directory.
+
+submitit writes an array's files under one folder pattern, which cannot name a different run
+directory per task. So the array is submitted held (`--hold`), each task's submitit folder is moved
+into its run directory (RUN_DIR/submitit/JOBID_TASK/) and replaced by a symlink at the pattern's
+place (RUNS_DIR/.slurm/JOBID_TASK), and only then is the array released. SLURM, submitit in the
+job, and a requeued job all resolve the same path, so every log, pickle and result of a run lives
+in its own directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from experiments.executors.base import Executor, OnEnd, wait_for_runs
+from experiments.executors.queue import slurm_available
+from experiments.executors.slurm_job import TrainingJob
+from experiments.locking import RunLock
+from experiments.profile import SlurmProfile
+from experiments.runspec import UsageError
+from experiments.status import State, run_status, write_attempt
+
+POLL_S = 5.0
+SLURM_LINK_DIR = ".slurm"
+
+
+class SubmissionError(UsageError):
+    """The cluster refused the job; the message carries sbatch's own words."""
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def __init__(self, profile: SlurmProfile, runs_dir: Path, job_name: str = "scnet",
+                 progress: bool = True, poll_s: float = POLL_S) -> None:
+        self.profile = profile
+        self.runs_dir = Path(runs_dir).resolve()
+        self.job_name = job_name
+        self.progress = progress
+        self.poll_s = poll_s
+        self.job_ids: dict[Path, str] = {}
+
+    # --------------------------------------------------------------------------------- up front
+    def check(self) -> None:
+        """Ask the cluster whether it would take the job (`sbatch --test-only`), submitting nothing."""
+        if not slurm_available():
+            raise UsageError("--executor slurm: sbatch/squeue not found on this machine; run from a SLURM "
+                             "login node (or start the test cluster: sudo bash slurm/local-cluster.sh start)")
+        command = ["sbatch", "--test-only", *self.profile.sbatch_flags(), f"--job-name={self.job_name}",
+                   "--wrap=true"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise SubmissionError("sbatch --test-only did not answer within 60 s; is slurmctld up?") from None
+        if done.returncode != 0:
+            words = (done.stderr or done.stdout).strip()
+            raise SubmissionError(f"the cluster refuses the job (profile {self.profile.source}):\n{words}\n"
+                                  f"(checked with: {' '.join(command)})")
+
+    # ------------------------------------------------------------------------------------- submit
+    def execute(self, run_dirs: list[Path], *, wait: bool, on_end: OnEnd) -> None:
+        run_dirs = [Path(d).resolve() for d in run_dirs]
+        if run_dirs:
+            self.submit(run_dirs, on_end)
+        if wait:
+            wait_for_runs(list(self.job_ids), on_end, poll_s=self.poll_s, progress=self.progress,
+                          desc="SLURM runs")
+
+    def submit(self, run_dirs: list[Path], on_end: OnEnd) -> dict[Path, str]:
+        """Submit the runs as one array (one job if a single run); returns run dir -> SLURM job id."""
+        import submitit
+
+        locks: list[RunLock] = []
+        chosen: list[Path] = []
+        # Hold the runs' locks while submitting, so a concurrent invocation sees them as taken.
+        for run_dir in run_dirs:
+            status = run_status(run_dir)
+            if status.state is State.DONE or status.in_flight:
+                on_end(status)
+                continue
+            lock = RunLock(run_dir)
+            if not lock.try_acquire():
+                on_end(run_status(run_dir))
+                continue
+            locks.append(lock)
+            chosen.append(run_dir)
+        if not chosen:
+            return {}
+        link_dir = self.runs_dir / SLURM_LINK_DIR
+        link_dir.mkdir(parents=True, exist_ok=True)
+        executor = submitit.SlurmExecutor(folder=link_dir / "%j", max_num_timeout=self.profile.max_requeue,
+                                          python=self.profile.python)
+        params = self.profile.submitit_parameters(self.job_name)
+        params["additional_parameters"] = {**params.get("additional_parameters", {}), "hold": True}
+        executor.update_parameters(**params)
+        array_id = None
+        try:
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(TrainingJob(run_dir)) for run_dir in chosen]
+            except Exception as exc:  # submitit wraps sbatch's refusal; show sbatch's words
+                raise SubmissionError(f"sbatch refused the job (profile {self.profile.source}): {exc}") from None
+            array_id = jobs[0].job_id.split("_")[0]
+            for run_dir, job in zip(chosen, jobs):
+                self._move_into_run_dir(link_dir, job.job_id, run_dir)
+                write_attempt(run_dir, "submitted", self.name, slurm_job_id=job.job_id,
+                              profile=self.profile.source)
+                self.job_ids[run_dir] = job.job_id
+        except BaseException:
+            if array_id is not None:
+                subprocess.run(["scancel", array_id], capture_output=True)
+            raise
+        finally:
+            for lock in locks:
+                lock.release()
+        released = subprocess.run(["scontrol", "release", array_id], capture_output=True, text=True)
+        if released.returncode != 0:
+            raise SubmissionError(f"submitted job {array_id} but could not release it: {released.stderr.strip()}; "
+                                  f"release it by hand: scontrol release {array_id}")
+        print(f"submitted {len(chosen)} run(s) as SLURM job {array_id}", file=sys.stderr)
+        return dict(self.job_ids)
+
+    @staticmethod
+    def _move_into_run_dir(link_dir: Path, job_id: str, run_dir: Path) -> None:
+        source = link_dir / job_id
+        target = run_dir / "submitit" / job_id
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))
+        os.symlink(os.path.relpath(target, link_dir), source)

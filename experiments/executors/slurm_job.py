@@ -1,0 +1,80 @@
+"""The callable a SLURM job runs: train one run directory, and requeue itself when preempted.
+
+submitit pickles a `TrainingJob` and runs it in every task of the job (one task per GPU); the
+trainer sets up torch.distributed from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. When SLURM
+announces the end of the time limit or a preemption (USR2, `signal_delay_s` before), submitit calls
+`checkpoint()`, which hands back a fresh `TrainingJob` for the same directory, and requeues the job;
+the requeued job resumes from the run's last checkpoint, which is all the state a run has.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from experiments.locking import RunLock, lock_holder
+from experiments.status import LOG_FILE, write_attempt
+
+
+def _job_id() -> str:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID", "?")
+
+
+def _is_done(run_dir: Path) -> bool:
+    from scnet.records import RecordError, read_result
+
+    try:
+        read_result(run_dir)
+        return True
+    except RecordError:
+        return False
+
+
+class TrainingJob:
+    """Picklable: holds only the run directory (the config is read from it in the job)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = str(run_dir)
+
+    def __repr__(self) -> str:
+        return f"TrainingJob({self.run_dir!r})"
+
+    def __call__(self) -> str:
+        from experiments.executors.base import train_in_this_process
+
+        run_dir = Path(self.run_dir)
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if _is_done(run_dir):
+            return f"{run_dir}: already done"
+        lock = RunLock(run_dir)
+        if rank == 0:
+            if not lock.try_acquire():
+                # Another job or process trains this run; leave its records alone.
+                return f"{run_dir}: already being trained ({lock_holder(run_dir)}); nothing to do"
+            write_attempt(run_dir, "started", "slurm", slurm_job_id=_job_id(), restarts=restarts)
+            with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [harness] SLURM job {_job_id()} on "
+                          f"{os.uname().nodename}, start #{restarts + 1}\n")
+        try:
+            train_in_this_process(run_dir, progress=False)
+        except Exception as exc:
+            if rank == 0:
+                write_attempt(run_dir, "failed", "slurm", slurm_job_id=_job_id(),
+                              error=f"{type(exc).__name__}: {exc}")
+            raise
+        # SystemExit (submitit's requeue on preemption) passes through untouched: the job comes back.
+        finally:
+            lock.release()
+        if rank == 0:
+            write_attempt(run_dir, "finished", "slurm", slurm_job_id=_job_id())
+        return f"{run_dir}: done"
+
+    def checkpoint(self, *args: object, **kwargs: object):
+        """Called by submitit on timeout/preemption: the state is on disk, so requeue the same run."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.run_dir))

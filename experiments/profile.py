@@ -1,0 +1,216 @@
+"""A SLURM cluster profile: the TOML file that says where and how big the jobs are.
+
+Kept separate from the run config on purpose: where a run is trained never changes its identity.
+Validation is strict and names the file and the key, because a misspelt `partiton` silently
+ignored would put eight-GPU jobs on the wrong queue; see slurm/profiles/example.toml for every key.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.runspec import UsageError
+
+# key -> (types accepted, what to write in the error message)
+_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "partition": ((str,), "a string"),
+    "account": ((str,), "a string"),
+    "qos": ((str,), "a string"),
+    "constraint": ((str,), "a string"),
+    "time": ((str, int), "minutes (int) or a string like '2-00:00:00' / '48:00:00'"),
+    "nodes": ((int,), "an integer >= 1"),
+    "gpus_per_node": ((int,), "an integer >= 0"),
+    "cpus_per_task": ((int,), "an integer >= 1"),
+    "mem_gb": ((int, float), "a number of GB per node"),
+    "array_parallelism": ((int,), "an integer >= 1"),
+    "signal_delay_s": ((int,), "an integer >= 1"),
+    "max_requeue": ((int,), "an integer >= 0"),
+    "setup": ((list,), "a list of shell lines"),
+    "python": ((str,), "a command that starts Python on the compute nodes"),
+    "sbatch": ((dict,), "a table of extra sbatch options"),
+}
+
+
+class ProfileError(UsageError):
+    """A profile file that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class SlurmProfile:
+    """Where the jobs go and what each one asks for; one task per GPU (one task if no GPU)."""
+
+    source: str = "<defaults>"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = 60
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int = 64
+    signal_delay_s: int = 120
+    max_requeue: int = 10
+    setup: tuple[str, ...] = ()
+    python: str | None = None
+    sbatch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks_per_node(self) -> int:
+        return max(1, self.gpus_per_node)
+
+    def submitit_parameters(self, job_name: str) -> dict[str, Any]:
+        """Keyword arguments for `submitit.SlurmExecutor.update_parameters`."""
+        params: dict[str, Any] = {
+            "job_name": job_name,
+            "time": self.time_min,
+            "nodes": self.nodes,
+            "ntasks_per_node": self.tasks_per_node,
+            "signal_delay_s": self.signal_delay_s,
+            "array_parallelism": self.array_parallelism,
+        }
+        for key in ("partition", "account", "qos", "constraint", "cpus_per_task"):
+            value = getattr(self, key)
+            if value is not None:
+                params[key] = value
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb is not None:
+            params["mem"] = _mem(self.mem_gb)
+        if self.setup:
+            params["setup"] = list(self.setup)
+        if self.sbatch:
+            params["additional_parameters"] = dict(self.sbatch)
+        return params
+
+    def sbatch_flags(self) -> list[str]:
+        """The same request as sbatch command-line flags (for `sbatch --test-only`)."""
+        flags = [f"--time={self.time_min}", f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}"]
+        for key in ("partition", "account", "qos", "constraint"):
+            value = getattr(self, key)
+            if value is not None:
+                flags.append(f"--{key}={value}")
+        if self.cpus_per_task is not None:
+            flags.append(f"--cpus-per-task={self.cpus_per_task}")
+        if self.gpus_per_node:
+            flags.append(f"--gpus-per-node={self.gpus_per_node}")
+        if self.mem_gb is not None:
+            flags.append(f"--mem={_mem(self.mem_gb)}")
+        for key, value in self.sbatch.items():
+            flag = "--" + key.replace("_", "-")
+            flags.append(flag if value is True else f"{flag}={value}")
+        return flags
+
+
+def _mem(gb: float) -> str:
+    return f"{int(gb)}G" if float(gb).is_integer() else f"{int(gb * 1024)}M"
+
+
+def parse_time_minutes(value: str | int, where: str) -> int:
+    """SLURM time formats: minutes, 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ProfileError(f"{where}: 'time' must be >= 1 minute, found {value}")
+        return value
+    text = str(value).strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not match:
+        raise ProfileError(f"{where}: 'time' = {value!r} is not a SLURM time; write minutes (120) "
+                           "or '2-00:00:00' (days-hours:minutes:seconds) or '48:00:00'")
+    days, first, second, third = match.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = int(days) * 86400 + int(first) * 3600 + int(second or 0) * 60 + int(third or 0)
+    elif third is not None:  # HH:MM:SS
+        seconds = int(first) * 3600 + int(second) * 60 + int(third)
+    elif second is not None:  # MM:SS
+        seconds = int(first) * 60 + int(second)
+    else:  # minutes
+        seconds = int(first) * 60
+    minutes = -(-seconds // 60)
+    if minutes < 1:
+        raise ProfileError(f"{where}: 'time' = {value!r} is shorter than a minute")
+    return minutes
+
+
+def load_profile(path: str | Path) -> SlurmProfile:
+    """Read and validate a profile; every problem names the file, the key and the fix."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"profile {path}: file not found (copy slurm/profiles/example.toml and edit it)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
+    return profile_from_dict(raw, str(path))
+
+
+def profile_from_dict(raw: dict[str, Any], source: str) -> SlurmProfile:
+    unknown = [key for key in raw if key not in _KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, _KEYS, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ProfileError(f"profile {source}: unknown key {key!r}{hint} "
+                           f"(known keys: {', '.join(sorted(_KEYS))})")
+    for key, value in raw.items():
+        types, expected = _KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ProfileError(f"profile {source}: {key!r} must be {expected}, found {value!r}")
+    values: dict[str, Any] = {"source": source}
+    for key in ("partition", "account", "qos", "constraint", "python"):
+        if raw.get(key):  # an empty string means "cluster default"
+            values[key] = raw[key]
+    if "time" in raw:
+        values["time_min"] = parse_time_minutes(raw["time"], f"profile {source}")
+    minimums = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "array_parallelism": 1,
+                "signal_delay_s": 1, "max_requeue": 0}
+    for key, low in minimums.items():
+        if key in raw:
+            if raw[key] < low:
+                raise ProfileError(f"profile {source}: {key!r} must be >= {low}, found {raw[key]}")
+            values[key] = raw[key]
+    if "mem_gb" in raw:
+        if raw["mem_gb"] <= 0:
+            raise ProfileError(f"profile {source}: 'mem_gb' must be > 0, found {raw['mem_gb']}")
+        values["mem_gb"] = float(raw["mem_gb"])
+    if "setup" in raw:
+        if not all(isinstance(line, str) for line in raw["setup"]):
+            raise ProfileError(f"profile {source}: 'setup' must be a list of strings (shell lines)")
+        values["setup"] = tuple(raw["setup"])
+    if "sbatch" in raw:
+        values["sbatch"] = _sbatch_options(raw["sbatch"], source)
+    return SlurmProfile(**values)
+
+
+# Options the harness sets itself; setting them under [sbatch] would break logs, arrays or requeue.
+_RESERVED_SBATCH = {"array", "output", "error", "open-mode", "signal", "job-name", "wrap", "hold"}
+# sbatch options that the profile spells as top-level keys.
+_OWN_KEYS = {"partition": "partition", "account": "account", "qos": "qos", "constraint": "constraint",
+             "time": "time", "nodes": "nodes", "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_task",
+             "mem": "mem_gb", "ntasks-per-node": "gpus_per_node"}
+
+
+def _sbatch_options(table: dict[str, Any], source: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("_", "-")
+        if name in _RESERVED_SBATCH:
+            raise ProfileError(f"profile {source}: [sbatch] {key!r} is set by the harness "
+                               "(logs, arrays and requeue depend on it); remove it")
+        if name in _OWN_KEYS:
+            raise ProfileError(f"profile {source}: [sbatch] {key!r} has its own top-level key; "
+                               f"write `{_OWN_KEYS[name]} = ...` above the [sbatch] table")
+        if isinstance(value, bool):
+            if value:
+                options[name] = True
+            continue
+        if not isinstance(value, (str, int, float)):
+            raise ProfileError(f"profile {source}: [sbatch] {key!r} must be a string, number or true, "
+                               f"found {value!r}")
+        options[name] = value
+    return options

@@ -1,0 +1,256 @@
+"""`python -m experiments.run NAME`: train every run a paper table needs, then print the rebuilt table.
+
+    python -m experiments.run table2                      # smoke scale on this machine; prints the table
+    python -m experiments.run table2 --dry-run            # the run matrix: one line per run, flags and state
+    python -m experiments.run table5 --scale paper --data /datasets/coco --profile slurm/profiles/mine.toml
+    python -m experiments.run table5 --status             # pending / queued / running / done / failed
+    python -m experiments.run figure1
+
+Runs are identified by the hash of their frozen config, so finished runs are skipped, unfinished
+ones resume from their last checkpoint, rows of several tables that are one network train once,
+and a changed config is a new run. Usage errors exit with status 2 and one message, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from experiments.executors import EXECUTORS, make_executor
+from experiments.executors.base import wait_for_runs
+from experiments.profile import load_profile
+from experiments.runspec import (SCALES, RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root,
+                                 resolve_tables)
+from experiments.status import RunStatus, State, failure_report, run_statuses
+
+EXIT_USAGE = 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.run", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:8]))
+    parser.add_argument("tables", nargs="+", metavar="NAME",
+                        help="table1 .. table5, figure1, or all (several allowed; shared runs train once)")
+    parser.add_argument("--scale", choices=SCALES, default="smoke",
+                        help="smoke: synthetic data, small networks, CPU (default); paper: COCO, the paper's schedule")
+    parser.add_argument("--data", help="dataset root (paper: COCO 2017; smoke: synthetic data made here on first use, "
+                                       "default data/shapes)")
+    parser.add_argument("--runs-dir", default="results/runs", help="where run directories live (default results/runs)")
+    parser.add_argument("--out", default="results", help="tables go to OUT/tables, Figure 1 to OUT/figures")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 0..N-1 (default 1)")
+    parser.add_argument("--executor", choices=EXECUTORS,
+                        help="inline (in this process, for debugging), local (subprocesses; default) or slurm "
+                             "(default when --profile is given)")
+    parser.add_argument("--profile", help="SLURM profile TOML (see slurm/profiles/example.toml)")
+    parser.add_argument("--jobs", type=int, default=1, help="local executor: runs trained at once (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run-config field for every run, e.g. --set schedule.max_iters=20 "
+                             "(changes the runs' identity)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the run matrix and each run's state; run nothing")
+    mode.add_argument("--status", action="store_true", help="print each run's state (with log paths); run nothing")
+    mode.add_argument("--no-wait", action="store_true", help="start/submit the runs and return; a later call gathers")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--log-lines", type=int, default=20, help="log lines shown for a failed run (default 20)")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ output
+
+def _flags_width(matrix: list[RunSpec]) -> int:
+    return min(80, max((len(spec.describe()) for spec in matrix), default=10))
+
+
+def print_matrix(matrix: list[RunSpec], statuses: list[RunStatus], header: str, with_detail: bool) -> None:
+    print(header)
+    width = _flags_width(matrix)
+    for spec, status in zip(matrix, statuses):
+        line = f"{spec.run_id}  {status.state.value:<8} {spec.describe():<{width}}  {spec.row_labels()}"
+        if with_detail:
+            extra = status.detail
+            if status.state is State.FAILED and status.log is not None:
+                extra = f"{extra}; log: {status.log}"
+            if extra:
+                line += f"\n{'':14}{extra}"
+        print(line)
+    counts = Counter(status.state for status in statuses)
+    summary = ", ".join(f"{counts[state]} {state.value}" for state in State if counts[state])
+    print(f"{len(matrix)} run(s): {summary or 'none'}")
+
+
+class Reporter:
+    """Says when a run ends; a failure comes with the tail of its log, and the others carry on."""
+
+    def __init__(self, matrix: list[RunSpec], runs_dir: Path, log_lines: int) -> None:
+        self.rows = {spec.run_dir(runs_dir): spec.row_labels() for spec in matrix}
+        self.log_lines = log_lines
+        self.failed: list[RunStatus] = []
+
+    def __call__(self, status: RunStatus) -> None:
+        rows = self.rows.get(status.run_dir, "")
+        if status.state is State.FAILED:
+            self.failed.append(status)
+            tqdm.write(f"[failed] {status.run_dir.name} ({rows})\n{failure_report(status, self.log_lines)}",
+                       file=sys.stderr)
+        elif status.in_flight:
+            tqdm.write(f"[{status.state.value}] {status.run_dir.name} ({rows}): {status.detail}", file=sys.stderr)
+        else:
+            detail = f": {status.detail}" if status.detail else ""
+            tqdm.write(f"[{status.state.value}] {status.run_dir.name} ({rows}){detail}", file=sys.stderr)
+
+
+def gather_matrix(matrix: list[RunSpec], runs_dir: Path):
+    """The finished runs of this matrix only (not every run under the runs folder) as a DataFrame."""
+    import pandas as pd
+
+    from analysis.gather import BASE_COLUMNS, gather_runs
+
+    frames = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in matrix:
+            run_dir = spec.run_dir(runs_dir)
+            if (run_dir / "result.json").exists():
+                frames.append(gather_runs(run_dir))
+    if not frames:
+        return pd.DataFrame(columns=list(BASE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def print_tables(tables: list[str], matrix: list[RunSpec], runs_dir: Path, scale: str, out: Path) -> None:
+    from analysis.figure1 import build_figure1
+    from analysis.tables import build_table
+
+    runs_df = gather_matrix(matrix, runs_dir)
+    for name in tables:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if name == "figure1":
+                figure = build_figure1(runs_df, scale)
+                text = figure.to_markdown()
+                paths = figure.save(out / "figures" / f"figure1_{scale}.png")
+            else:
+                table = build_table(name, runs_df, scale)
+                text = table.to_markdown()
+                paths = table.write(out / "tables")
+        print(text)
+        for warning in caught:
+            print(f"note: {warning.message}", file=sys.stderr)
+        print(f"wrote {', '.join(str(p) for p in paths)}\n")
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def prepare_run_dirs(matrix: list[RunSpec], runs_dir: Path) -> None:
+    """Each run's directory with its frozen config, written once (the config is the run's identity)."""
+    from scnet.records import write_config
+
+    for spec in matrix:
+        run_dir = spec.run_dir(runs_dir)
+        if not (run_dir / "config.json").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, spec.config.to_dict())
+
+
+def ensure_data(scale: str, data_root: Path, progress: bool) -> None:
+    if scale != "smoke":
+        return
+    from scnet.data import DatasetError, ensure_synthetic
+
+    if not data_root.exists():
+        print(f"making the synthetic smoke dataset in {data_root} (once; cached)", file=sys.stderr)
+    try:
+        ensure_synthetic(data_root, seed=0, progress=progress)
+    except DatasetError as exc:
+        raise UsageError(f"--data {data_root}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    tables = resolve_tables(args.tables)
+    executor_name = args.executor or ("slurm" if args.profile else "local")
+    if executor_name == "slurm" and not args.profile:
+        raise UsageError("--executor slurm needs --profile FILE (copy slurm/profiles/example.toml)")
+    if args.profile and executor_name != "slurm":
+        raise UsageError(f"--profile is for the SLURM executor; drop it or drop --executor {executor_name}")
+    inspecting = args.dry_run or args.status
+    if args.scale == "paper" and executor_name != "slurm" and args.executor is None and not inspecting:
+        raise UsageError("--scale paper trains on 8 GPUs per run through SLURM: pass --profile FILE "
+                         "(see slurm/profiles/example.toml), or --executor local to train on this machine")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: need at least 1")
+    profile = load_profile(args.profile) if args.profile else None
+    data_root = resolve_data_root(args.scale, args.data)
+    matrix = build_matrix(tables, args.scale, data_root, args.seeds, parse_overrides(args.set))
+    runs_dir = Path(args.runs_dir).resolve()
+    out = Path(args.out).resolve()
+    progress = not args.no_progress and sys.stderr.isatty()
+    run_dirs = [spec.run_dir(runs_dir) for spec in matrix]
+    header = f"{', '.join(tables)} at {args.scale} scale: {len(matrix)} run(s) in {runs_dir}"
+
+    if inspecting:
+        print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status)
+        return 0
+
+    executor = make_executor(executor_name, runs_dir=runs_dir, jobs=args.jobs, progress=progress,
+                             profile=profile, job_name=f"scnet-{'-'.join(tables)}"[:64])
+    if args.no_wait and not executor.supports_no_wait:
+        raise UsageError(f"--no-wait needs an executor that runs outside this process (local or slurm), "
+                         f"not {executor_name}")
+    executor.check()
+    ensure_data(args.scale, data_root, progress)
+    prepare_run_dirs(matrix, runs_dir)
+
+    statuses = run_statuses(run_dirs)
+    todo = [s.run_dir for s in statuses if s.state in (State.PENDING, State.FAILED)]
+    elsewhere = [s for s in statuses if s.in_flight]
+    counts = Counter(s.state for s in statuses)
+    print(f"{header}: {counts[State.DONE]} done, {len(elsewhere)} in flight elsewhere, {len(todo)} to run "
+          f"({executor_name})", file=sys.stderr)
+    reporter = Reporter(matrix, runs_dir, args.log_lines)
+    for status in elsewhere:
+        reporter(status)
+    if todo:
+        executor.execute(todo, wait=not args.no_wait, on_end=reporter)
+    if args.no_wait:
+        print(f"started {len(todo)} run(s); follow them with: python -m experiments.run {' '.join(args.tables)} "
+              f"--status (same options); run again without --no-wait to gather the table", file=sys.stderr)
+        return 0
+    # Runs another invocation or job is training (found at the start, or taken meanwhile): wait for them.
+    in_flight = [s.run_dir for s in run_statuses(run_dirs) if s.in_flight]
+    if in_flight:
+        print(f"waiting for {len(in_flight)} run(s) trained by another process or job", file=sys.stderr)
+        wait_for_runs(in_flight, reporter, poll_s=2.0 if executor_name != "slurm" else 5.0,
+                      progress=progress, desc="other runs")
+
+    final = run_statuses(run_dirs)
+    print_tables(tables, matrix, runs_dir, args.scale, out)
+    failed = [s for s in final if s.state is State.FAILED]
+    unfinished = [s for s in final if s.state is not State.DONE]
+    if unfinished:
+        print(f"{len(unfinished)} of {len(final)} run(s) did not finish ({len(failed)} failed); their rows are "
+              "empty. Fix the cause and run the same command again: finished runs are kept and unfinished "
+              "ones resume from their last checkpoint.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume (finished runs are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
