@@ -1,12 +1,20 @@
 """RoIAlign over the FPN level that matches each box's scale (MMDetection's SingleRoIExtractor:
-level = floor(log2(sqrt(area) / 56)), clamped to P2-P5; aligned=True, adaptive sampling)."""
+level = floor(log2(sqrt(area) / 56)), clamped to P2-P5; aligned=True, adaptive sampling).
+
+torchvision's CPU RoIAlign runs on one thread, so at inference on CPU the RoIs are split across a small
+thread pool (the op releases the GIL); the result is identical, RoI by RoI.
+"""
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torchvision.ops import roi_align
 
 FEATURE_STRIDES = (4, 8, 16, 32)
 _FINEST_SCALE = 56
+_MIN_ROIS_PER_THREAD = 64
+_POOL: ThreadPoolExecutor | None = None
 
 
 def boxes_to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
@@ -20,21 +28,39 @@ def roi_levels(rois: torch.Tensor, num_levels: int) -> torch.Tensor:
     return torch.floor(torch.log2(scale / _FINEST_SCALE + 1e-6)).clamp(min=0, max=num_levels - 1).long()
 
 
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(torch.get_num_threads(), 1), thread_name_prefix="roi_align")
+    return _POOL
+
+
+def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+    threads = torch.get_num_threads()
+    parallel = (feature.device.type == "cpu" and threads > 1 and rois.shape[0] >= 2 * _MIN_ROIS_PER_THREAD
+                and not torch.is_grad_enabled())
+    if not parallel:
+        return roi_align(feature, rois, size, spatial_scale=scale, sampling_ratio=0, aligned=True)
+    chunks = rois.chunk(threads)
+    parts = _pool().map(lambda r: roi_align(feature, r, size, spatial_scale=scale, sampling_ratio=0, aligned=True),
+                        chunks)
+    return torch.cat(list(parts))
+
+
 def multilevel_roi_align(features: list[torch.Tensor], rois: torch.Tensor, output_size: int) -> torch.Tensor:
     features = features[: len(FEATURE_STRIDES)]
     channels = features[0].shape[1]
-    out = features[0].new_zeros(rois.shape[0], channels, output_size, output_size)
+    out = features[0].new_empty(rois.shape[0], channels, output_size, output_size)
     if rois.shape[0] == 0:
         return out
     levels = roi_levels(rois, len(features))
     for level, (feature, stride) in enumerate(zip(features, FEATURE_STRIDES)):
         index = torch.nonzero(levels == level).flatten()
         if index.numel():
-            out[index] = roi_align(feature, rois[index], output_size, spatial_scale=1.0 / stride,
-                                   sampling_ratio=0, aligned=True)
+            out[index] = _roi_align(feature, rois[index], output_size, 1.0 / stride)
     return out
 
 
 def single_level_roi_align(feature: torch.Tensor, rois: torch.Tensor, output_size: int,
                            stride: int) -> torch.Tensor:
-    return roi_align(feature, rois, output_size, spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)
+    return _roi_align(feature, rois, output_size, 1.0 / stride)

@@ -65,6 +65,7 @@ class RoIHeads(nn.Module):
         semantic_logits = semantic_feat = context_logits = context = None
         if self.semantic_head is not None:
             semantic_logits, semantic_feat = self.semantic_head(features)
+            semantic_feat = semantic_feat.contiguous()  # RoIAlign reads the standard layout
         if self.global_context is not None:
             context_logits, context = self.global_context(features[-1])
         return semantic_logits, semantic_feat, context_logits, context
@@ -75,7 +76,8 @@ class RoIHeads(nn.Module):
         if semantic_feat is not None:
             s = single_level_roi_align(semantic_feat, rois, MASK_ROI_SIZE, SEMANTIC_STRIDE)
             if s.shape[-1] != size:
-                s = F.adaptive_avg_pool2d(s, size)
+                # MMDetection's adaptive average pooling; for 14 -> 7 it is exactly a 2x2 average
+                s = F.avg_pool2d(s, 2) if s.shape[-1] == 2 * size else F.adaptive_avg_pool2d(s, size)
             x = x + s
         if context is not None:
             x = add_context(x, context, rois)
