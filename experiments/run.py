@@ -13,6 +13,7 @@ and a changed config is a new run. Usage errors exit with status 2 and one messa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections import Counter
@@ -48,7 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="inline (in this process, for debugging), local (subprocesses; default) or slurm "
                              "(default when --profile is given)")
     parser.add_argument("--profile", help="SLURM profile TOML (see slurm/profiles/example.toml)")
-    parser.add_argument("--jobs", type=int, default=1, help="local executor: runs trained at once (default 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local executor: runs trained at once (default: one per CPU core at smoke scale, "
+                             "each with one thread; 1 at paper scale)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field for every run, e.g. --set schedule.max_iters=20 "
                              "(changes the runs' identity)")
@@ -182,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scale == "paper" and executor_name != "slurm" and args.executor is None and not inspecting:
         raise UsageError("--scale paper trains on 8 GPUs per run through SLURM: pass --profile FILE "
                          "(see slurm/profiles/example.toml), or --executor local to train on this machine")
+    if args.jobs is None:
+        args.jobs = (os.cpu_count() or 1) if args.scale == "smoke" else 1
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: need at least 1")
     profile = load_profile(args.profile) if args.profile else None

@@ -65,7 +65,7 @@ def test_run_id_follows_the_resolved_network_not_its_spelling():
     assert _config(num_workers=7).run_id() == _config().run_id()
     schedule = default_schedule("smoke", "smoke")
     assert _config(schedule=schedule.replace(checkpoint_every=7, name="x")).run_id() == _config().run_id()
-    assert _config(schedule=schedule.replace(lr=0.01)).run_id() != _config().run_id()
+    assert _config(schedule=schedule.replace(lr=schedule.lr / 2)).run_id() != _config().run_id()
 
 
 def test_schedule_validation():

@@ -238,6 +238,9 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
                 _check_finite(values, iteration, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total_loss).backward()
+                if schedule.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 ious.add(getattr(unwrap(net), "mask_sample_ious", None))
