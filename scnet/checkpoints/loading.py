@@ -2,8 +2,6 @@
 that say which tensors are wrong and which preset the file probably belongs to."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import torch
 from torch import nn
 
 from scnet.checkpoints import tolerant_pickle
+from scnet.records import atomic_write
 from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
 
 NATIVE_FORMAT = "scnet-native-1"
@@ -132,17 +131,7 @@ def _check_and_load(model: nn.Module, state: dict[str, torch.Tensor], path: str 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:
     """Our own format, written atomically: weights plus the model config they belong to."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "config", None)
     payload = {"format": NATIVE_FORMAT, "model": model.state_dict(),
                "config": config.to_dict() if config is not None else None, **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
