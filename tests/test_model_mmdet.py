@@ -46,7 +46,20 @@ def coffee():
     return resize_for_test(image)
 
 
+@pytest.fixture()
+def two_threads():
+    """MMDetection's oracle was computed with 2 CPU threads, and our outputs are then bit-identical
+    to it. Convolution reductions are reassociated with another thread count, which moves boxes by
+    ~0.1 px: harmless on trained weights, but the random reference weights produce 18-pixel masks that
+    such a shift can push past the matching rule."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("preset", ORACLE_PRESETS)
 def test_reference_weights_reproduce_mmdetection_detections(preset, coffee, tmp_path):
     checkpoint = write_reference_checkpoint(REFERENCE / f"{preset}.state_dict.json", tmp_path / "ref.pth")

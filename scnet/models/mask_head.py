@@ -26,7 +26,6 @@ class MaskHead(nn.Module):
 
     def features(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
         """The 14x14 features after the convs; HTC passes them on to the next stage."""
-        x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions
         if self.feature_flow is not None and previous is not None:
             x = x + self.feature_flow(previous)
         for layer in getattr(self, "blocks", None) or self.convs:
