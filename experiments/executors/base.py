@@ -15,7 +15,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from experiments.status import RunStatus, run_statuses
+from experiments.locking import RunLock
+from experiments.status import RunStatus, State, run_status, run_statuses
 
 # Called when a run handed to the executor ends (done / failed) or turns out to be in flight elsewhere.
 OnEnd = Callable[[RunStatus], None]
@@ -32,6 +33,20 @@ class Executor(ABC):
     @abstractmethod
     def execute(self, run_dirs: list[Path], *, wait: bool, on_end: OnEnd) -> None:
         """Train the runs; with wait=False start them (detached or queued) and return at once."""
+
+
+def claim_run(run_dir: Path, on_end: OnEnd) -> RunLock | None:
+    """The run's lock if it still needs training and nobody else holds it; otherwise report its
+    status through `on_end` (done, or in flight elsewhere) and return None."""
+    status = run_status(run_dir)
+    if status.state is State.DONE or status.in_flight:
+        on_end(status)
+        return None
+    lock = RunLock(run_dir)
+    if not lock.try_acquire():
+        on_end(run_status(run_dir))
+        return None
+    return lock
 
 
 def train_in_this_process(run_dir: Path, *, progress: bool) -> dict:

@@ -4,9 +4,8 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-from experiments.executors.base import Executor, OnEnd, train_in_this_process
-from experiments.locking import RunLock
-from experiments.status import LOG_FILE, State, run_status, write_attempt
+from experiments.executors.base import Executor, OnEnd, claim_run, train_in_this_process
+from experiments.status import LOG_FILE, run_status, write_attempt
 
 
 class InlineExecutor(Executor):
@@ -18,13 +17,8 @@ class InlineExecutor(Executor):
 
     def execute(self, run_dirs: list[Path], *, wait: bool, on_end: OnEnd) -> None:
         for run_dir in run_dirs:
-            status = run_status(run_dir)
-            if status.state is State.DONE or status.in_flight:
-                on_end(status)
-                continue
-            lock = RunLock(run_dir)
-            if not lock.try_acquire():
-                on_end(run_status(run_dir))
+            lock = claim_run(run_dir, on_end)
+            if lock is None:
                 continue
             try:
                 write_attempt(run_dir, "started", self.name)

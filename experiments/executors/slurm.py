@@ -15,13 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.executors.base import Executor, OnEnd, wait_for_runs
+from experiments.executors.base import Executor, OnEnd, claim_run, wait_for_runs
 from experiments.executors.queue import slurm_available
 from experiments.executors.slurm_job import TrainingJob
 from experiments.locking import RunLock
 from experiments.profile import SlurmProfile
 from experiments.runspec import UsageError
-from experiments.status import State, run_status, write_attempt
+from experiments.status import write_attempt
 
 POLL_S = 5.0
 SLURM_LINK_DIR = ".slurm"
@@ -77,13 +77,8 @@ class SlurmExecutor(Executor):
         chosen: list[Path] = []
         # Hold the runs' locks while submitting, so a concurrent invocation sees them as taken.
         for run_dir in run_dirs:
-            status = run_status(run_dir)
-            if status.state is State.DONE or status.in_flight:
-                on_end(status)
-                continue
-            lock = RunLock(run_dir)
-            if not lock.try_acquire():
-                on_end(run_status(run_dir))
+            lock = claim_run(run_dir, on_end)
+            if lock is None:
                 continue
             locks.append(lock)
             chosen.append(run_dir)
