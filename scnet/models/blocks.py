@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scnet.models import onednn
+
 
 class ConvReLU(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
@@ -13,6 +15,10 @@ class ConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv(x))
+
+    def forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        """forward() for a tensor in oneDNN's layout (see scnet.models.onednn)."""
+        return torch.relu(onednn.conv2d(self.conv, x))
 
 
 class ResidualBlock(nn.Module):
@@ -26,6 +32,10 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.relu(self.conv1(x)))
+
+    def forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        """forward() for a tensor in oneDNN's layout (see scnet.models.onednn)."""
+        return x + onednn.conv2d(self.conv2, torch.relu(onednn.conv2d(self.conv1, x)))
 
 
 def conv_stack(channels: int, count: int, residual: bool, in_channels: int | None = None) -> nn.ModuleList:

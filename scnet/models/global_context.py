@@ -31,5 +31,7 @@ class GlobalContextHead(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, targets)
 
 
-def add_context(roi_features: torch.Tensor, context: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-    return roi_features + context[rois[:, 0].long()]
+def add_context(roi_features: torch.Tensor, context: torch.Tensor, rois: torch.Tensor, *,
+                in_place: bool = False) -> torch.Tensor:
+    per_roi = context[rois[:, 0].long()]
+    return roi_features.add_(per_roi) if in_place else roi_features + per_roi

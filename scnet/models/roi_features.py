@@ -13,7 +13,7 @@ from torchvision.ops import roi_align
 
 FEATURE_STRIDES = (4, 8, 16, 32)
 _FINEST_SCALE = 56
-_MIN_ROIS_PER_THREAD = 64
+_MIN_ROIS_PER_THREAD = 8
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -41,10 +41,15 @@ def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: floa
                 and not torch.is_grad_enabled())
     if not parallel:
         return roi_align(feature, rois, size, spatial_scale=scale, sampling_ratio=0, aligned=True)
-    chunks = rois.chunk(threads)
-    parts = _pool().map(lambda r: roi_align(feature, r, size, spatial_scale=scale, sampling_ratio=0, aligned=True),
-                        chunks)
-    return torch.cat(list(parts))
+    # Strided shares, not contiguous chunks: proposals come sorted by score and the large, costly RoIs
+    # bunch together, so contiguous chunks leave one thread with most of the work.
+    shares = [rois[t::threads] for t in range(threads)]
+    parts = list(_pool().map(
+        lambda r: roi_align(feature, r, size, spatial_scale=scale, sampling_ratio=0, aligned=True), shares))
+    out = parts[0].new_empty(rois.shape[0], *parts[0].shape[1:])
+    for t, part in enumerate(parts):
+        out[t::threads] = part
+    return out
 
 
 def multilevel_roi_align(features: list[torch.Tensor], rois: torch.Tensor, output_size: int) -> torch.Tensor:

@@ -70,17 +70,31 @@ class RoIHeads(nn.Module):
             context_logits, context = self.global_context(features[-1])
         return semantic_logits, semantic_feat, context_logits, context
 
+    @staticmethod
+    def _semantic_rois(semantic_feat: torch.Tensor | None, rois: torch.Tensor) -> torch.Tensor | None:
+        """The semantic embedding pooled at 14x14 per RoI (box features average it down to 7x7)."""
+        if semantic_feat is None:
+            return None
+        return single_level_roi_align(semantic_feat, rois, MASK_ROI_SIZE, SEMANTIC_STRIDE)
+
     def _roi_features(self, features: list[torch.Tensor], rois: torch.Tensor, size: int,
-                      semantic_feat: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor:
+                      semantic_feat: torch.Tensor | None, context: torch.Tensor | None,
+                      semantic_rois: torch.Tensor | None = None) -> torch.Tensor:
+        """RoI features at `size`, plus the pooled semantic embedding and the global context vector.
+        `semantic_rois` passes `_semantic_rois(semantic_feat, rois)` in when the caller already has it."""
         x = multilevel_roi_align(features, rois, size)
-        if semantic_feat is not None:
-            s = single_level_roi_align(semantic_feat, rois, MASK_ROI_SIZE, SEMANTIC_STRIDE)
+        if semantic_rois is None:
+            semantic_rois = self._semantic_rois(semantic_feat, rois)
+        # x is a fresh buffer; at inference the sums can go into it (same values, less memory traffic)
+        in_place = not torch.is_grad_enabled()
+        if semantic_rois is not None:
+            s = semantic_rois
             if s.shape[-1] != size:
                 # MMDetection's adaptive average pooling; for 14 -> 7 it is exactly a 2x2 average
                 s = F.avg_pool2d(s, 2) if s.shape[-1] == 2 * size else F.adaptive_avg_pool2d(s, size)
-            x = x + s
+            x = x.add_(s) if in_place else x + s
         if context is not None:
-            x = add_context(x, context, rois)
+            x = add_context(x, context, rois, in_place=in_place)
         return x
 
     def _relay(self, relay_index: int, shared: torch.Tensor) -> torch.Tensor | None:
@@ -242,10 +256,11 @@ class RoIHeads(nn.Module):
                             semantic_feat: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor:
         """Per-class mask probabilities [N, C, 28, 28] of the final boxes, ensembled over mask branches."""
         cfg = self.cfg
-        x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context)
+        semantic_rois = self._semantic_rois(semantic_feat, rois)  # shared by the mask and relay features
+        x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context, semantic_rois)
         relays: list[torch.Tensor | None] = [None] * cfg.num_mask_heads
         if self.feature_relays is not None:
-            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context)
+            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context, semantic_rois)
             if cfg.sample_consistency != "none":
                 shared = self.box_heads[-1](box_feats)[2]
                 relays = [self._relay(0, shared)] * cfg.num_mask_heads
