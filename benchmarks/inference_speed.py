@@ -18,6 +18,7 @@ import torch
 
 from scnet import build_model
 from scnet.checkpoints import load_checkpoint
+from scnet.cpu_memory import keep_freed_memory
 from scnet.equivalence import write_reference_checkpoint
 from scnet.image_io import read_rgb, resize_for_test
 
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--reference", type=Path, default=REFERENCE)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    kept = keep_freed_memory()  # as scnet.predict does
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, freed memory kept: {kept}")
     print(f"{'preset':24s} {'device':6s} {'s/image':>8s} {'dets':>5s}   MMDetection 3.3.0 CPU s/image")
     for device in args.device:
         for preset in args.presets:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from scnet.config import ConfigError
+from scnet.cpu_memory import keep_freed_memory
 from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # large tensors reuse memory instead of page-faulting (scnet.cpu_memory)
     try:
         if args.run is not None:
             run_config, run_dir = None, args.run

@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from scnet.checkpoints.loading import FORMATS, CheckpointError, load_checkpoint
 from scnet.coco_ids import COCO_CATEGORY_IDS
 from scnet.config import ConfigError
+from scnet.cpu_memory import keep_freed_memory
 from scnet.image_io import ImageError, read_rgb, resize_for_test
 from scnet.presets import resolve_config
 
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # large tensors reuse memory instead of page-faulting (scnet.cpu_memory)
     try:
         cfg = resolve_config(args.preset, num_classes=args.num_classes, test_score_thr=args.score_thr)
         image = read_rgb(args.image)
