@@ -1,10 +1,12 @@
 """Seconds per image for each R50 preset at 1200x800 with 100 detections (not a test).
 
-    python benchmarks/inference_speed.py [--presets scnet_r50 htc_r50] [--repeats 3] [--device cpu]
+    python benchmarks/inference_speed.py [--presets scnet_r50 htc_r50] [--repeats 3] [--device cpu] [--floor]
 
 Uses the deterministic reference weights (shared/reference) so that every image yields the full 100
 detections, as MMDetection does on the same photo; the MMDetection 3.3.0 figures measured on a 2-core
-CPU machine are printed beside ours.
+CPU machine are printed beside ours. With --floor it also counts each preset's convolution and
+matrix-multiply FLOPs (torch's FlopCounterMode) and divides them by this machine's measured float32
+matrix-multiply rate: a time that no implementation doing the same arithmetic beats here.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from scnet import build_model
 from scnet.checkpoints import load_checkpoint
@@ -27,14 +30,36 @@ MMDET_CPU_SECONDS = {"scnet_r50": "10.4-11.4", "htc_r50": "12.4", "cascade_mask_
                      "mask_rcnn_r50": "8.1"}
 
 
-def time_preset(preset: str, device: str, repeats: int, reference: Path) -> tuple[float, int]:
+def _reference_model_and_image(preset: str, device: str, reference: Path):
     model = build_model(preset).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_reference_checkpoint(reference / f"{preset}.state_dict.json", Path(tmp) / "w.pth")
         load_checkpoint(model, ckpt)
     model.to(device)
     image, meta = resize_for_test(read_rgb(reference / "oracle" / "coffee_1200x800.png"))
-    image = image.to(device)
+    return model, image.to(device), meta
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate: a practical ceiling for convolutions and FCs."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def count_gflop(preset: str, reference: Path) -> float:
+    model, image, meta = _reference_model_and_image(preset, "cpu", reference)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model([image], image_metas=[meta])
+    return counter.get_total_flops() / 1e9
+
+
+def time_preset(preset: str, device: str, repeats: int, reference: Path) -> tuple[float, int]:
+    model, image, meta = _reference_model_and_image(preset, device, reference)
     times, count = [], 0
     with torch.inference_mode():
         model([image], image_metas=[meta])  # warm-up
@@ -56,6 +81,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--reference", type=Path, default=REFERENCE)
+    parser.add_argument("--floor", action="store_true",
+                        help="also print each preset's GFLOP and the time they need at this CPU's matmul rate")
     args = parser.parse_args()
     kept = keep_freed_memory()  # as scnet.predict does
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, freed memory kept: {kept}")
@@ -65,6 +92,13 @@ def main() -> None:
             seconds, count = time_preset(preset, device, args.repeats, args.reference)
             mm = MMDET_CPU_SECONDS.get(preset, "-") if device == "cpu" else "-"
             print(f"{preset:24s} {device:6s} {seconds:8.2f} {count:5d}   {mm}", flush=True)
+    if args.floor:
+        rate = matmul_gflops()
+        print(f"\nfloat32 matmul on this CPU: {rate:.0f} GFLOP/s")
+        print(f"{'preset':24s} {'GFLOP':>7s} {'floor s/image':>14s}")
+        for preset in args.presets:
+            gflop = count_gflop(preset, args.reference)
+            print(f"{preset:24s} {gflop:7.0f} {gflop / rate:14.2f}", flush=True)
 
 
 if __name__ == "__main__":
