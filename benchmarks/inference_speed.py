@@ -14,6 +14,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,8 +54,12 @@ def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
 def count_gflop(preset: str, reference: Path) -> float:
     model, image, meta = _reference_model_and_image(preset, "cpu", reference)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model([image], image_metas=[meta])
+    # the counter does not see the direct oneDNN calls of scnet.models.onednn; with oneDNN off every
+    # conv takes PyTorch's generic path (slower, the same arithmetic), which it does see
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration")  # said on toggling oneDNN flags
+        with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False), counter:
+            model([image], image_metas=[meta])
     return counter.get_total_flops() / 1e9
 
 
