@@ -95,6 +95,20 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
+def test_model_copies_after_cpu_inference():
+    """The packed weights live outside the modules, so a model that has run inference still deep-copies."""
+    import copy
+
+    torch.manual_seed(0)
+    head = MaskHead(32, 4, num_classes=5, residual=True).eval()
+    with torch.no_grad():
+        head(torch.randn(20, 32, 14, 14))
+    clone = copy.deepcopy(head)
+    x = torch.randn(20, 32, 14, 14)
+    with torch.no_grad():
+        assert torch.equal(clone(x), head(x))
+
+
 @pytest.mark.usefixtures("two_threads")
 def test_threaded_roi_align_is_bit_identical():
     """RoIs are shared out across threads at inference, with large ones interleaved with small ones."""

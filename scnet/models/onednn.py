@@ -9,10 +9,14 @@ Channels-last would be faster still but uses another kernel and changes the last
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
-_PACKED_ATTR = "_onednn_packed_weight"
+# conv -> ((weight address, version, shape), packed weight); kept outside the module so that copying or
+# pickling a model never meets a oneDNN tensor
+_PACKED: weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -25,12 +29,11 @@ def _packed_weight(conv: nn.Conv2d) -> torch.Tensor:
     """The weight reordered once for oneDNN, re-made whenever the parameter changes (load, training)."""
     weight = conv.weight
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-    cached = getattr(conv, _PACKED_ATTR, None)
+    cached = _PACKED.get(conv)
     if cached is None or cached[0] != key:
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
             weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        object.__setattr__(conv, _PACKED_ATTR, (key, packed))  # not a buffer: never saved or moved
-        cached = (key, packed)
+        cached = _PACKED[conv] = (key, packed)
     return cached[1]
 
 
