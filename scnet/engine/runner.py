@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,17 +155,10 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
     run_dir = Path(run_dir)
     if (run_dir / RESULT_FILE).exists():
         return read_result(run_dir)
-    dist_env = distributed.detect_dist_env()
-    chosen = pick_device(dist_env, device)
-    owns_group = dist_env.is_distributed and not distributed.is_initialized()
-    distributed.init_distributed(dist_env, chosen)
-    try:
-        is_main = distributed.rank() == 0
+    with _process_group(device) as chosen:
         _check_run_dir(run_config, run_dir)
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not (run_dir / "config.json").exists():
-                write_config(run_dir, run_config.to_dict())
+        if distributed.rank() == 0:
+            _write_config_once(run_dir, run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
                                                    device=describe_device(chosen)))
         prepare_data(run_config)
@@ -183,9 +178,28 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
                              "iters_per_epoch": outcome.iters_per_epoch, "resumed_from": outcome.resumed_from,
                              "final_losses": outcome.last_losses, "processes": distributed.world_size()}})
         return _publish(run_dir, result, recorder)
+
+
+@contextmanager
+def _process_group(device: str | torch.device | None) -> Iterator[torch.device]:
+    """Join the process group that torchrun or SLURM describes (if any), yield this rank's device, and
+    leave the group on exit only if this call created it (a caller may have joined it already)."""
+    dist_env = distributed.detect_dist_env()
+    chosen = pick_device(dist_env, device)
+    owns_group = dist_env.is_distributed and not distributed.is_initialized()
+    distributed.init_distributed(dist_env, chosen)
+    try:
+        yield chosen
     finally:
         if owns_group:
             distributed.shutdown_distributed()
+
+
+def _write_config_once(run_dir: Path, run_config: RunConfig) -> None:
+    """Rank 0 only: create the run folder and its config.json, never overwriting an existing one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.json").exists():
+        write_config(run_dir, run_config.to_dict())
 
 
 def _publish(run_dir: Path, result: dict[str, Any], recorder: IoURecorder) -> dict[str, Any]:
@@ -225,16 +239,9 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
     run_dir = Path(run_dir)
     if run_config is None:
         run_config = RunConfig.from_dict(read_config(run_dir))
-    dist_env = distributed.detect_dist_env()
-    chosen = pick_device(dist_env, device)
-    owns_group = dist_env.is_distributed and not distributed.is_initialized()
-    distributed.init_distributed(dist_env, chosen)
-    try:
-        is_main = distributed.rank() == 0
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not (run_dir / "config.json").exists():
-                write_config(run_dir, run_config.to_dict())
+    with _process_group(device) as chosen:
+        if distributed.rank() == 0:
+            _write_config_once(run_dir, run_config)
         eval_set = build_dataset(run_config, run_config.eval.split, train=False)
         model = build_run_model(run_config, eval_set).to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
@@ -256,7 +263,4 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
         result = _result(run_config, model, evaluation, train_s=train_s, iterations=iterations,
                          recorder=recorder, extra={"evaluated_checkpoint": str(source)})
         return _publish(run_dir, result, recorder)
-    finally:
-        if owns_group:
-            distributed.shutdown_distributed()
 
