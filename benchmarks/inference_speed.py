@@ -51,8 +51,7 @@ def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
     return 2 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def count_gflop(preset: str, reference: Path) -> float:
-    model, image, meta = _reference_model_and_image(preset, "cpu", reference)
+def count_gflop(model: torch.nn.Module, image: torch.Tensor, meta: dict) -> float:
     counter = FlopCounterMode(display=False)
     # the counter does not see the direct oneDNN calls of scnet.models.onednn; with oneDNN off every
     # conv takes PyTorch's generic path (slower, the same arithmetic), which it does see
@@ -63,8 +62,8 @@ def count_gflop(preset: str, reference: Path) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def time_preset(preset: str, device: str, repeats: int, reference: Path) -> tuple[float, int]:
-    model, image, meta = _reference_model_and_image(preset, device, reference)
+def time_model(model: torch.nn.Module, image: torch.Tensor, meta: dict, device: str,
+               repeats: int) -> tuple[float, int]:
     times, count = [], 0
     with torch.inference_mode():
         model([image], image_metas=[meta])  # warm-up
@@ -92,17 +91,20 @@ def main() -> None:
     kept = keep_freed_memory()  # as scnet.predict does
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, freed memory kept: {kept}")
     print(f"{'preset':24s} {'device':6s} {'s/image':>8s} {'dets':>5s}   MMDetection 3.3.0 CPU s/image")
+    gflops: dict[str, float] = {}
     for device in args.device:
         for preset in args.presets:
-            seconds, count = time_preset(preset, device, args.repeats, args.reference)
+            model, image, meta = _reference_model_and_image(preset, device, args.reference)
+            seconds, count = time_model(model, image, meta, device, args.repeats)
             mm = MMDET_CPU_SECONDS.get(preset, "-") if device == "cpu" else "-"
             print(f"{preset:24s} {device:6s} {seconds:8.2f} {count:5d}   {mm}", flush=True)
+            if args.floor and preset not in gflops:
+                gflops[preset] = count_gflop(model, image, meta)  # the same arithmetic on any device
     if args.floor:
         rate = matmul_gflops()
         print(f"\nfloat32 matmul on this CPU: {rate:.0f} GFLOP/s")
         print(f"{'preset':24s} {'GFLOP':>7s} {'floor s/image':>14s}")
-        for preset in args.presets:
-            gflop = count_gflop(preset, args.reference)
+        for preset, gflop in gflops.items():
             print(f"{preset:24s} {gflop:7.0f} {gflop / rate:14.2f}", flush=True)
 
 
