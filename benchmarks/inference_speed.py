@@ -88,6 +88,11 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true",
                         help="also print each preset's GFLOP and the time they need at this CPU's matmul rate")
     args = parser.parse_args()
+    for preset in args.presets:
+        manifest = args.reference / f"{preset}.state_dict.json"
+        if not manifest.exists():
+            parser.error(f"--presets {preset}: no reference weights {manifest}; the presets that have them "
+                         f"are those of {args.reference}/*.state_dict.json")
     kept = keep_freed_memory()  # as scnet.predict does
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, freed memory kept: {kept}")
     print(f"{'preset':24s} {'device':6s} {'s/image':>8s} {'dets':>5s}   MMDetection 3.3.0 CPU s/image")
