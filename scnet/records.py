@@ -36,24 +36,68 @@ class RecordError(ValueError):
     """A record file that is missing, foreign, half-written or of an unknown format version."""
 
 
+class OutputError(OSError):
+    """An output path that cannot be written (read-only, a file where a folder belongs, disk full);
+    the message names the path and what to do. An OSError, so `except OSError` still catches it."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 # --------------------------------------------------------------------------------------------- files
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(handle)` on a temp file beside `path`, fsync, then os.replace it into place, so a
-    reader (or a run killed mid-write) never sees half a file."""
+    reader (or a run killed mid-write) never sees half a file. A failed write (disk full, read-only
+    folder) removes the temp file, leaves any previous `path` as it was, and raises OutputError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _output_error(path, exc) from exc
         raise
+    return path
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    kept = " (the previous file is unchanged)" if path.exists() else ""
+    reason = exc.strerror or str(exc)
+    return OutputError(f"{path}: could not be written: {reason}{kept}; free disk space or make the folder "
+                       "writable (or choose another path), then run the same command again", exc.errno)
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the folder `path` if needed and prove it writable, before any long work writes there.
+
+    `what` names the option the path came from (e.g. "--out"), for the message. The check writes and
+    removes a probe file, because permission bits do not tell (root, read-only mounts, ACLs)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise OutputError(f"{what} {path}: {folder} is a file, not a folder; choose another path")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: not a writable folder ({exc.strerror or exc}); "
+                          "choose a folder you can write to", exc.errno) from exc
     return path
 
 

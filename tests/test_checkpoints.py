@@ -1,10 +1,14 @@
-"""Checkpoint import: format detection, tolerant unpickling of MMDetection's meta, and clear errors."""
+"""Checkpoint import: format detection, restricted unpickling of MMDetection's meta, and clear errors."""
 from __future__ import annotations
 
+import builtins
+import io
+import os
 import pickle
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,7 +102,8 @@ def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
         assert mmdet_to_ours(mm) == name
         mm_state[mm] = tensor
     payload = {"state_dict": mm_state,
-               "meta": {"cfg": fake_mmengine.ConfigDict(a=1), "hist": fake_mmengine.HistoryBuffer()}}
+               "meta": {"cfg": fake_mmengine.ConfigDict(a=1), "hist": fake_mmengine.HistoryBuffer(),
+                        "log": np.arange(3.0), "lr": np.float64(0.02), "classes": ("a", "b"), "ids": {1, 2}}}
     path = tmp_path / "mmdet.pth"
     torch.save(payload, path)
     monkeypatch.delitem(sys.modules, "fake_mmengine")
@@ -106,7 +111,10 @@ def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
     (package / "__init__.py").unlink()  # now truly unimportable
     fresh = build_model("mask_rcnn_r18_smoke", **SMOKE)
     meta = load_checkpoint(fresh, path, format="auto")
-    assert "unimportable fake_mmengine.HistoryBuffer" in repr(meta["hist"])
+    assert "not loaded: fake_mmengine.HistoryBuffer" in repr(meta["hist"])
+    assert meta["cfg"].items == {"a": 1}  # a dict subclass keeps its items as data
+    assert np.array_equal(meta["log"], np.arange(3.0)) and meta["lr"] == 0.02  # numpy data is allowed
+    assert meta["classes"] == ("a", "b") and meta["ids"] == {1, 2}
     with pytest.raises((ModuleNotFoundError, pickle.UnpicklingError, AttributeError)):
         torch.load(path, weights_only=False)
 
@@ -114,3 +122,79 @@ def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
 def test_unknown_mmdet_name_is_refused():
     with pytest.raises(UnmappedKeyError):
         mmdet_to_ours("roi_head.point_head.fc.weight")
+
+
+# ------------------------------------------------------------------------ untrusted files run nothing
+
+class _Payload:
+    """Pickles as a call of `function(argument)`: what a crafted checkpoint would run on load."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+def _payloads(target):
+    return {
+        "exec": _Payload(builtins.exec, f"open({str(target)!r}, 'w').write('pwned')"),
+        "eval": _Payload(builtins.eval, f"open({str(target)!r}, 'w').write('pwned')"),
+        "system": _Payload(os.system, f"touch {target}"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["exec", "eval", "system"])
+def test_a_crafted_checkpoint_runs_no_code(kind, tmp_path):
+    target = tmp_path / f"created_by_{kind}"
+    payload = _payloads(target)[kind]
+    # The payload is real: an ordinary unpickler runs it.
+    pickle.loads(pickle.dumps(payload))
+    assert target.exists()
+    target.unlink()
+
+    model = build_model("mask_rcnn_r18_smoke", **SMOKE)
+    zipped = tmp_path / "zipped.pth"
+    torch.save({"format": "scnet-native-1", "model": model.state_dict(), "preset": "mask_rcnn_r18_smoke",
+                "config": model.config.to_dict(), "meta": {"hook": payload}}, zipped)
+    meta = load_checkpoint(build_model("mask_rcnn_r18_smoke", **SMOKE), zipped)
+    assert not target.exists()
+    assert repr(meta["meta"]["hook"]).startswith("<not loaded: ")  # an inert placeholder, as data
+
+    plain = tmp_path / "plain.pth"  # a bare pickle, read through torch.load's legacy path
+    plain.write_bytes(pickle.dumps({"state_dict": {}, "meta": payload}, protocol=2))
+    with pytest.raises(CheckpointError, match="could not be read as a PyTorch checkpoint") as err:
+        load_checkpoint(model, plain)
+    assert not target.exists()
+    assert "\n" not in str(err.value)
+
+
+def test_state_cannot_be_set_on_an_allowed_class(tmp_path):
+    """BUILD on a class would rewire an allowed type (here torch.Tensor.__repr__) for the whole process."""
+    crafted = (b"\x80\x02ctorch\nTensor\nq\x00N}q\x01X\x08\x00\x00\x00__repr__q\x02"
+               b"ctorch\nSize\nq\x03s\x86q\x04b.")
+    from scnet.checkpoints import restricted_pickle
+
+    with pytest.raises(pickle.UnpicklingError, match="sets the state of"):
+        restricted_pickle.load(io.BytesIO(crafted))
+    assert torch.Tensor.__repr__ is not torch.Size
+    path = tmp_path / "crafted.pth"
+    path.write_bytes(crafted)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(build_model("mask_rcnn_r18_smoke", **SMOKE), path)
+    assert torch.Tensor.__repr__ is not torch.Size
+
+
+def test_placeholders_keep_data_and_call_nothing():
+    from scnet.checkpoints.restricted_pickle import Placeholder, placeholder_for
+
+    cls = placeholder_for("subprocess.call")
+    assert cls is placeholder_for("subprocess.call") and issubclass(cls, Placeholder)
+    made = cls(["rm", "-rf", "/"], shell=True)
+    assert made.args == (["rm", "-rf", "/"],) and made.kwargs == {"shell": True}
+    made.__setstate__({"x": 1})
+    made["k"] = "v"
+    made.extend([1, 2])
+    assert (made.state, made.items, made.elements) == ({"x": 1}, {"k": "v"}, [1, 2])
+    with pytest.raises(TypeError):
+        made()  # an instance is not callable: a REDUCE on it fails instead of running anything

@@ -1,18 +1,26 @@
-"""Loading weights into a Detector from an MMDetection checkpoint or from our own format, with errors
-that say which tensors are wrong and which preset the file probably belongs to."""
+"""Loading weights into a Detector from an MMDetection checkpoint or from our own formats (the model
+library's `scnet-native-1` and the trainer's `scnet-train-checkpoint`), with errors that say which
+tensors are wrong and which preset the file probably belongs to.
+
+Every file is read with `restricted_pickle`: a checkpoint is untrusted input, and nothing in it may
+call code outside a small allow-list.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from scnet.checkpoints import tolerant_pickle
-from scnet.records import atomic_write
+from scnet.checkpoints import restricted_pickle
 from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
+from scnet.config import ConfigError, ModelConfig
+from scnet.records import atomic_write
 
 NATIVE_FORMAT = "scnet-native-1"
+TRAIN_FORMAT = "scnet-train-checkpoint"  # scnet.engine.checkpoint.CHECKPOINT_FORMAT (kept import-free)
 FORMATS = ("auto", "mmdet", "native")
 
 
@@ -21,23 +29,29 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint_file(path: str | Path) -> Any:
+    """The file's contents; globals outside restricted_pickle's allow-list come back as inert
+    placeholders, so a crafted file cannot run code."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (check the --checkpoint path)")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what} (check the --checkpoint path)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=tolerant_pickle)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint ({exc}); "
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint ({reason[:300]}); "
                               "give a .pth file saved by torch.save") from exc
 
 
 def detect_format(payload: Any) -> str:
     if isinstance(payload, dict) and payload.get("format") == NATIVE_FORMAT:
         return "native"
+    if isinstance(payload, dict) and payload.get("format") == TRAIN_FORMAT:
+        return "train"
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if isinstance(state, dict) and any(k.startswith(("rpn_head.", "roi_head.", "neck.lateral_convs")) for k in state):
+    if isinstance(state, dict) and any(str(k).startswith(("rpn_head.", "roi_head.", "neck.lateral_convs")) for k in state):
         return "mmdet"
-    if isinstance(state, dict) and any(k.startswith(("rpn.", "roi_heads.")) for k in state):
+    if isinstance(state, dict) and any(str(k).startswith(("rpn.", "roi_heads.")) for k in state):
         return "native"
     raise CheckpointError("the file holds no detector state dict recognisable as MMDetection's "
                           "(rpn_head.*, roi_head.*) or ours (rpn.*, roi_heads.*)")
@@ -64,6 +78,8 @@ def guess_mmdet_preset(state: dict[str, torch.Tensor]) -> str:
 
 def _mmdet_state(payload: dict) -> dict[str, torch.Tensor]:
     state = payload.get("state_dict", payload)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"field 'state_dict' is a {type(state).__name__}, not a dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -83,24 +99,118 @@ def convert_mmdet_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return converted
 
 
+@dataclass
+class Weights:
+    """A checkpoint's tensors in our naming, with what the file says about the model they fit."""
+
+    path: Path
+    kind: str  # "mmdet", "native" or "train"
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None  # the preset the file names (ours) or looks like (MMDetection)
+    model_config: ModelConfig | None = None  # stored in our files; None for MMDetection / bare state dicts
+
+
+def read_weights(path: str | Path, *, format: str = "auto") -> Weights:
+    """Read any supported checkpoint; the model config too where the file carries it."""
+    if format not in FORMATS:
+        raise CheckpointError(f"checkpoint format {format!r} is not one of {FORMATS}")
+    path = Path(path)
+    payload = read_checkpoint_file(path)
+    try:
+        return _weights_from_payload(path, payload, detect_format(payload) if format == "auto" else format)
+    except CheckpointError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+
+
+def _weights_from_payload(path: Path, payload: Any, kind: str) -> Weights:
+    if kind == "mmdet":
+        if not isinstance(payload, dict):
+            raise CheckpointError(f"checkpoint {path}: not an MMDetection checkpoint (no dict at top level)")
+        mm_state = _mmdet_state(payload)
+        if not all(torch.is_tensor(v) for v in mm_state.values()):
+            raise CheckpointError(f"checkpoint {path}: field 'state_dict' holds values that are not tensors")
+        meta = payload.get("meta", {})
+        return Weights(path, kind, convert_mmdet_state(mm_state), meta if isinstance(meta, dict) else {},
+                       guess_mmdet_preset(mm_state))
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path}: holds a {type(payload).__name__}, not a state dict")
+    state = payload["model"] if "model" in payload else payload
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path}: field 'model' is not a state dict of tensors")
+    meta = {k: v for k, v in payload.items() if k != "model"}
+    if kind == "train":
+        preset, config = _train_checkpoint_model(path, payload, state)
+    else:
+        preset = payload.get("preset") if isinstance(payload.get("preset"), str) else None
+        config = _stored_model_config(path, payload.get("config"), "config") if "model" in payload else None
+    return Weights(path, kind, state, meta, preset, config)
+
+
+def _stored_model_config(path: Path, values: Any, where: str) -> ModelConfig | None:
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"checkpoint {path}: field '{where}' should be a model config dict, "
+                              f"found {type(values).__name__}")
+    try:
+        return ModelConfig.from_dict(values)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: field '{where}' is not a model config this code "
+                              f"builds ({exc})") from exc
+
+
+def _train_checkpoint_model(path: Path, payload: dict, state: dict[str, torch.Tensor]
+                            ) -> tuple[str | None, ModelConfig | None]:
+    """A training checkpoint stores its run config (preset + flags); the data's class counts, which
+    the run took from its dataset, are read back from the classifier shapes."""
+    from scnet.engine.run_config import RunConfig
+
+    if "model_config" in payload:
+        config = _stored_model_config(path, payload["model_config"], "model_config")
+        preset = payload.get("run_config", {}).get("preset") if isinstance(payload.get("run_config"), dict) else None
+        return preset, config
+    try:
+        run_config = RunConfig.from_dict(payload["run_config"])
+    except (KeyError, ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: field 'run_config' is missing or unusable ({exc}); "
+                              "give --preset and the class counts instead") from exc
+    try:
+        return run_config.preset, run_config.model_config(**infer_class_counts(state))
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: its run config does not resolve here ({exc})") from exc
+
+
+def infer_class_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """num_classes (and num_semantic_classes) from the classifier shapes of a state dict in our naming."""
+    counts: dict[str, int] = {}
+    for name, tensor in state.items():
+        if name.startswith("roi_heads.box_heads.") and name.endswith(".classifier.weight") and tensor.ndim == 2:
+            counts["num_classes"] = int(tensor.shape[0]) - 1  # + 1 background row
+        elif name == "roi_heads.semantic_head.logits.weight" and tensor.ndim >= 1:
+            counts["num_semantic_classes"] = int(tensor.shape[0])
+    return counts
+
+
+def load_weights_into(model: nn.Module, weights: Weights, preset_name: str | None = None) -> None:
+    """Strict load with the advice of `_check_and_load` when the tensors do not fit."""
+    _check_and_load(model, weights.state, weights.path, weights.preset, preset_name)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, format: str = "auto",
                     preset_name: str | None = None) -> dict[str, Any]:
     """Load weights strictly; returns the checkpoint's metadata (`meta` for MMDetection files)."""
-    if format not in FORMATS:
-        raise CheckpointError(f"checkpoint format {format!r} is not one of {FORMATS}")
-    payload = read_checkpoint_file(path)
-    kind = detect_format(payload) if format == "auto" else format
-    if kind == "mmdet":
-        mm_state = _mmdet_state(payload)
-        state = convert_mmdet_state(mm_state)
-        guess = guess_mmdet_preset(mm_state)
-        meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
-    else:
-        state = payload["model"] if isinstance(payload, dict) and "model" in payload else payload
-        guess = payload.get("preset") if isinstance(payload, dict) else None
-        meta = {k: v for k, v in payload.items() if k != "model"} if isinstance(payload, dict) else {}
+    weights = read_weights(path, format=format)
+    load_weights_into(model, weights, preset_name)
+    return weights.meta
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+                     guess: str | None = None, preset_name: str | None = None) -> None:
+    """Load `state` into `model` strictly, or raise one CheckpointError line saying what differs."""
     _check_and_load(model, state, path, guess, preset_name)
-    return meta
 
 
 def _check_and_load(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, guess: str | None,
