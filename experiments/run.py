@@ -40,8 +40,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="table1 .. table5, figure1, or all (several allowed; shared runs train once)")
     parser.add_argument("--scale", choices=SCALES, default="smoke",
                         help="smoke: synthetic data, small networks, CPU (default); paper: COCO, the paper's schedule")
-    parser.add_argument("--data", help="dataset root (paper: COCO 2017; smoke: synthetic data made here on first use, "
-                                       "default data/shapes)")
+    parser.add_argument("--data", help="dataset root (paper: COCO 2017; smoke: default data/shapes, the synthetic "
+                                       "dataset made there on first use; any other path must already hold a dataset)")
     parser.add_argument("--runs-dir", default="results/runs", help="where run directories live (default results/runs)")
     parser.add_argument("--out", default="results", help="tables go to OUT/tables, Figure 1 to OUT/figures")
     parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 0..N-1 (default 1)")
@@ -165,7 +165,13 @@ def ensure_data(scale: str, data_root: Path, progress: bool) -> None:
     if scale != "smoke":
         return
     from scnet.data import DatasetError, ensure_synthetic
+    from scnet.data.location import is_default_synthetic_root, missing_dataset_problem
 
+    if not is_default_synthetic_root(data_root):  # never generate at a (possibly mistyped) --data path
+        problem = missing_dataset_problem(data_root)
+        if problem is not None:
+            raise UsageError(f"--data: {problem}")
+        return
     if not data_root.exists():
         print(f"making the synthetic smoke dataset in {data_root} (once; cached)", file=sys.stderr)
     try:

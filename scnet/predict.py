@@ -42,6 +42,17 @@ def detections_to_coco(detections: dict, image_id: int | str, category_ids: tupl
     return records
 
 
+def _unit_interval(text: str) -> float:
+    """A score threshold: a number in [0, 1] (argparse turns the error into one usage line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a score in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; scores are probabilities")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scnet.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, help="e.g. scnet_r50, htc_r50, cascade_mask_rcnn_r50")
@@ -49,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-format", default="auto", choices=FORMATS)
     parser.add_argument("--image", required=True)
     parser.add_argument("--out", required=True, help="output JSON (COCO results format)")
-    parser.add_argument("--score-thr", type=float, default=0.001)
+    parser.add_argument("--score-thr", type=_unit_interval, default=0.001, help="keep detections scoring at "
+                        "least this, in [0, 1] (default 0.001)")
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)

@@ -7,8 +7,11 @@ values the semantic targets take).
 Rules, as MMDetection applies them to COCO:
 * labels are 0-based indices into the sorted category ids (`label_to_category_id` maps back);
 * crowd annotations (`iscrowd=1`) are never targets; in derived semantic maps they are ignore (255);
-* annotations whose box has width or height < 1, lies outside the image, or whose polygons all
-  have fewer than 3 points are dropped, and counted in `stats`;
+* annotations whose box has width or height < 1, lies outside the image, or whose area is <= 0 are
+  not trained on (they stay in `coco`, the ground truth COCO evaluation sees, as in MMDetection);
+* polygons with fewer than 3 points (or an odd number of coordinates) are removed, and annotations
+  left without a polygon are removed from `coco` too, so COCO evaluation never sees what training
+  cannot (see `scnet.data.ground_truth`); both are counted in `stats`;
 * in training (`training=True`, the default for split "train") images left without any instance
   are skipped; in evaluation every image of the JSON is kept, in JSON order.
 
@@ -34,7 +37,9 @@ from torch import Tensor
 
 from scnet.data import semantic as sem
 from scnet.data.errors import DatasetError
-from scnet.data.masks import decode_segmentation, usable_polygons
+from scnet.data.ground_truth import usable_ground_truth
+from scnet.data.location import missing_dataset_problem
+from scnet.data.masks import decode_segmentation
 from scnet.data.schema import check_coco_instances
 from scnet.data.seeding import sample_generator
 from scnet.data.transforms import Transform
@@ -78,16 +83,18 @@ class CocoInstances(torch.utils.data.Dataset):
         self.epoch = 0
         self.ann_file = annotation_path(self.root, split)
         self.image_dir = image_dir(self.root, split)
+        if not self.root.is_dir():  # a mistyped root: say so, not "annotation file not found"
+            raise DatasetError(str(missing_dataset_problem(self.root)))
 
-        self.coco = _load_coco(self.ann_file)
+        self.coco, unusable_polygons = _load_coco(self.ann_file)
         category_ids = sorted(self.coco.cats)
         self.label_to_category_id: list[int] = category_ids
         self.category_id_to_label: dict[int, int] = {cid: label for label, cid in enumerate(category_ids)}
         self.class_names: list[str] = [self.coco.cats[cid]["name"] for cid in category_ids]
         self.num_classes = len(category_ids)
 
-        self.stats = {"degenerate_boxes_dropped": 0, "unusable_polygons_dropped": 0, "crowd_ignored": 0,
-                      "empty_images_skipped": 0}
+        self.stats = {"degenerate_boxes_dropped": 0, "unusable_polygons_dropped": unusable_polygons,
+                      "crowd_ignored": 0, "empty_images_skipped": 0}
         self.image_ids: list[int] = []
         self._instance_ids: list[list[int]] = []
         self._crowd_ids: list[list[int]] = []
@@ -108,13 +115,11 @@ class CocoInstances(torch.utils.data.Dataset):
             info = self.coco.imgs[image_id]
             instances, crowd = [], []
             for ann in self.coco.imgToAnns.get(image_id, []):
-                if ann.get("iscrowd", 0):
+                if _degenerate(ann, info["width"], info["height"]):
+                    self.stats["degenerate_boxes_dropped"] += 1
+                elif ann.get("iscrowd", 0):
                     crowd.append(ann["id"])
                     self.stats["crowd_ignored"] += 1
-                elif _degenerate(ann["bbox"], info["width"], info["height"]):
-                    self.stats["degenerate_boxes_dropped"] += 1
-                elif isinstance(ann["segmentation"], list) and not usable_polygons(ann["segmentation"]):
-                    self.stats["unusable_polygons_dropped"] += 1
                 else:
                     instances.append(ann["id"])
             if self.training and not instances:
@@ -158,8 +163,9 @@ class CocoInstances(torch.utils.data.Dataset):
     def _report_drops(self) -> None:
         dropped = self.stats["degenerate_boxes_dropped"] + self.stats["unusable_polygons_dropped"]
         if dropped:
-            logger.warning("%s: dropped %d annotation(s): %d with a box of width or height < 1 (or outside the "
-                           "image), %d whose polygons all have < 3 points", self.ann_file, dropped,
+            logger.warning("%s: dropped %d annotation(s): %d with a box of width or height < 1, outside the "
+                           "image or of area <= 0 (not trained on), %d whose polygons all have < 3 points "
+                           "(removed, also from evaluation)", self.ann_file, dropped,
                            self.stats["degenerate_boxes_dropped"], self.stats["unusable_polygons_dropped"])
         if self.stats["empty_images_skipped"]:
             logger.info("%s: skipped %d image(s) without instances for training", self.ann_file,
@@ -176,6 +182,10 @@ class CocoInstances(torch.utils.data.Dataset):
         `persistent_workers` (workers hold a copy of the dataset made when they start).
         """
         self.epoch = int(epoch)
+
+    def instance_ids(self, index: int) -> list[int]:
+        """Ids of the annotations sample `index` trains on / is evaluated against (no crowd, no dropped)."""
+        return list(self._instance_ids[index])
 
     def image_info(self, index: int) -> dict[str, Any]:
         """The JSON `images` entry of sample `index` (id, file_name, width, height)."""
@@ -244,7 +254,9 @@ class CocoInstances(torch.utils.data.Dataset):
         return sem.derive_semantic_map(info["height"], info["width"], zip(masks, labels), crowd)
 
 
-def _load_coco(path: Path) -> COCO:
+def _load_coco(path: Path) -> tuple[COCO, int]:
+    """The checked annotation file as a pycocotools index, with polygons cleaned (see
+    `usable_ground_truth`), and how many annotations the cleaning removed."""
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found; expected the layout "
                            "root/annotations/instances_<split>2017.json (make a synthetic one with "
@@ -252,22 +264,23 @@ def _load_coco(path: Path) -> COCO:
     try:
         with path.open("rb") as handle:
             data = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"{path}: cannot read it as JSON ({exc}); is it a COCO instances file?") from exc
     check_coco_instances(data, path)
+    data["annotations"], removed = usable_ground_truth(data["annotations"])
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
-    return coco
+    return coco, removed
 
 
-def _degenerate(bbox: list[float], width: int, height: int) -> bool:
-    """MMDetection's test: width or height < 1, or no overlap with the image."""
-    x, y, w, h = bbox
+def _degenerate(ann: dict[str, Any], width: int, height: int) -> bool:
+    """MMDetection's test: width or height < 1, no overlap with the image, or area <= 0."""
+    x, y, w, h = ann["bbox"]
     overlap_w = max(0.0, min(x + w, width) - max(x, 0.0))
     overlap_h = max(0.0, min(y + h, height) - max(y, 0.0))
-    return w < 1 or h < 1 or overlap_w * overlap_h == 0
+    return w < 1 or h < 1 or overlap_w * overlap_h == 0 or ann["area"] <= 0
 
 
 def _boxes_xyxy(annotations: list[dict[str, Any]], width: int, height: int) -> Tensor:

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from scnet.data.errors import DatasetError
+from scnet.data.rle import compressed_rle_problem
 
 _TOP_LEVEL = ("images", "annotations", "categories")
+_NUMBER_TYPES = (int, float)  # exact types: bool, a subclass of int, is not a coordinate
 
 
 def _is_int(value: Any) -> bool:
@@ -110,22 +112,40 @@ def _check_annotations(annotations: list[Any], path: Path, image_sizes: dict[int
 
 def _check_segmentation(segmentation: Any, where: str, image_size: tuple[int, int]) -> None:
     if isinstance(segmentation, list):
-        # Coordinates themselves are checked when decoded (checking every number here costs seconds on COCO).
-        if not all(isinstance(polygon, list) for polygon in segmentation):
-            raise DatasetError(f"{where}: field 'segmentation' as polygons must be a list of lists of numbers")
+        _check_polygons(segmentation, where)
         return
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise DatasetError(f"{where}: field 'segmentation' must be a list of polygons or an RLE object with "
                            f"'counts' and 'size', got {type(segmentation).__name__}")
     height, width = image_size
-    if list(segmentation["size"]) != [height, width]:
-        raise DatasetError(f"{where}: field 'segmentation.size' = {segmentation['size']!r} differs from its "
+    size = segmentation["size"]
+    if not isinstance(size, list) or [height, width] != size or not all(_is_int(v) for v in size):
+        raise DatasetError(f"{where}: field 'segmentation.size' = {size!r} differs from its "
                            f"image's [height, width] = {[height, width]}")
     counts = segmentation["counts"]
     if isinstance(counts, list):
         if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
             raise DatasetError(f"{where}: field 'segmentation.counts' (uncompressed RLE) must be non-negative "
                                f"integers summing to height*width = {height * width}")
-    elif not isinstance(counts, str):
+    elif isinstance(counts, str):
+        problem = compressed_rle_problem(counts, height, width)
+        if problem is not None:
+            raise DatasetError(f"{where}: field 'segmentation.counts' is not a valid compressed RLE: {problem}; "
+                               "re-encode the mask with pycocotools.mask.encode")
+    else:
         raise DatasetError(f"{where}: field 'segmentation.counts' must be a string (compressed RLE) or a list "
                            f"of integers, got {type(counts).__name__}")
+
+
+def _check_polygons(polygons: list[Any], where: str) -> None:
+    """Every coordinate a finite number. Polygons with fewer than 3 points are legal here: the loader
+    drops them, as MMDetection does (see `scnet.data.masks.usable_polygons`)."""
+    for index, polygon in enumerate(polygons):
+        if not isinstance(polygon, list):
+            raise DatasetError(f"{where}: field 'segmentation[{index}]' must be a list of numbers "
+                               f"[x1, y1, x2, y2, ...], got {type(polygon).__name__}")
+        # One type test per number and one sum: cheap enough for COCO's ~20 million coordinates.
+        if not all(type(v) in _NUMBER_TYPES for v in polygon) or not math.isfinite(sum(polygon)):
+            bad = next((repr(v) for v in polygon if not _is_number(v)), "coordinates whose sum overflows")
+            raise DatasetError(f"{where}: field 'segmentation[{index}]' holds {bad}; polygon coordinates must "
+                               "be finite numbers [x1, y1, x2, y2, ...]")

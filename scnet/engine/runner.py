@@ -54,14 +54,25 @@ def describe_device(device: torch.device) -> str:
 
 
 def prepare_data(run_config: RunConfig) -> None:
-    """At smoke scale, generate the synthetic dataset on first use (rank 0; the others wait)."""
+    """At smoke scale, generate the synthetic dataset on first use at the harness's default data path
+    (rank 0; the others wait); anywhere else a missing dataset is an error (a mistyped path)."""
+    from scnet.data.location import is_default_synthetic_root
+
     root = Path(run_config.data_root)
-    if run_config.scale == "smoke" and not (root / "annotations").is_dir():
+    if (run_config.scale == "smoke" and not (root / "annotations").is_dir()
+            and is_default_synthetic_root(root)):
         if distributed.rank() == 0:
             from scnet.data import ensure_synthetic
 
             ensure_synthetic(root, seed=0)
         distributed.barrier()
+
+
+def check_run_splits(train_set: Any, eval_set: Any, run_config: RunConfig) -> None:
+    """The cross-split checks of `scnet.data.splits` (categories, an evaluation split with objects)."""
+    from scnet.data.splits import check_run_splits as check
+
+    check(train_set, eval_set, max_images=run_config.eval.max_images)
 
 
 def build_dataset(run_config: RunConfig, split: str, *, train: bool) -> Any:
@@ -163,12 +174,14 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
                                                    device=describe_device(chosen)))
         prepare_data(run_config)
         train_set = build_dataset(run_config, "train", train=True)
+        # Every split the run uses is checked now, not after hours of training.
+        eval_set = build_dataset(run_config, run_config.eval.split, train=False) if run_config.eval.enabled else None
+        check_run_splits(train_set, eval_set, run_config)
         model = build_run_model(run_config, train_set).to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
         outcome = train(model, train_set, collate_fn=_collate(), run_config=run_config, run_dir=run_dir,
                         device=chosen, recorder=recorder, progress=progress)
-        if run_config.eval.enabled:
-            eval_set = build_dataset(run_config, run_config.eval.split, train=False)
+        if eval_set is not None:
             evaluation = evaluate_model(model, eval_set, run_config, device=chosen, recorder=recorder,
                                         run_dir=run_dir, progress=progress)
         else:
@@ -243,6 +256,7 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
         eval_set = build_dataset(run_config, run_config.eval.split, train=False)
+        check_run_splits(None, eval_set, run_config)
         model = build_run_model(run_config, eval_set).to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
         train_s, iterations = 0.0, 0

@@ -36,6 +36,13 @@ _SPLIT_CODES = {"train": 0, "val": 1}
 _FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}  # unique across splits, like COCO's
 
 
+# Bounds that keep a typo (--size 25600 19200, --train 3000000) from filling the disk or the memory:
+# each image is rendered whole in memory, and the defaults are 256x192 and 300 + 50 images.
+MIN_EDGE, MAX_EDGE = 32, 4096
+MAX_IMAGES = 200_000
+MAX_OBJECTS = 100
+
+
 @dataclass(frozen=True)
 class SyntheticParams:
     """Everything that determines the generated files; equal params give byte-identical datasets."""
@@ -49,16 +56,21 @@ class SyntheticParams:
     max_objects: int = 8
 
     def __post_init__(self) -> None:
+        wrong_type = [f"{name}={value!r}" for name, value in asdict(self).items()
+                      if isinstance(value, bool) or not isinstance(value, int)]
+        if wrong_type:
+            raise ValueError(f"synthetic dataset parameters: {', '.join(wrong_type)} must be integers")
         problems = []
-        if self.seed < 0:
-            problems.append(f"seed={self.seed} must be >= 0")
-        if self.train < 1 or self.val < 1:
-            problems.append(f"train={self.train} and val={self.val} must both be >= 1")
-        if self.width < 32 or self.height < 32:
-            problems.append(f"size {self.width}x{self.height} must be at least 32x32")
-        if not 1 <= self.min_objects <= self.max_objects:
+        if not 0 <= self.seed < 2**63:
+            problems.append(f"seed={self.seed} must be in 0..2**63-1")
+        if not (1 <= self.train <= MAX_IMAGES and 1 <= self.val <= MAX_IMAGES):
+            problems.append(f"train={self.train} and val={self.val} must both be in 1..{MAX_IMAGES}")
+        if not (MIN_EDGE <= self.width <= MAX_EDGE and MIN_EDGE <= self.height <= MAX_EDGE):
+            problems.append(f"size {self.width}x{self.height} must be between {MIN_EDGE}x{MIN_EDGE} and "
+                            f"{MAX_EDGE}x{MAX_EDGE} (--size W H)")
+        if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
             problems.append(f"objects per image {self.min_objects}..{self.max_objects} must satisfy "
-                            "1 <= min_objects <= max_objects")
+                            f"1 <= min_objects <= max_objects <= {MAX_OBJECTS}")
         if problems:
             raise ValueError("synthetic dataset parameters: " + "; ".join(problems))
 
