@@ -7,6 +7,7 @@ ignored would put eight-GPU jobs on the wrong queue; see slurm/profiles/example.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -175,8 +176,10 @@ def profile_from_dict(raw: dict[str, Any], source: str) -> SlurmProfile:
                 raise ProfileError(f"profile {source}: {key!r} must be >= {low}, found {raw[key]}")
             values[key] = raw[key]
     if "mem_gb" in raw:
-        if raw["mem_gb"] <= 0:
-            raise ProfileError(f"profile {source}: 'mem_gb' must be > 0, found {raw['mem_gb']}")
+        # Below 1 MiB sbatch would get --mem=0M, which SLURM reads as "all the node's memory".
+        if not math.isfinite(raw["mem_gb"]) or raw["mem_gb"] * 1024 < 1:
+            raise ProfileError(f"profile {source}: 'mem_gb' must be at least 1/1024 (1 MiB; 0 would ask SLURM "
+                               f"for the whole node), found {raw['mem_gb']}")
         values["mem_gb"] = float(raw["mem_gb"])
     if "setup" in raw:
         if not all(isinstance(line, str) for line in raw["setup"]):

@@ -187,3 +187,30 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"mask_convs={cfg.mask_convs}: must be >= 1, and even with effective sample consistency "
             "(a residual block every two convs)")
+    _validate_ranges(cfg)
+
+
+# Fields that are probabilities or IoUs, and counts/sizes that must be positive.
+_UNIT_INTERVAL = ("test_score_thr", "test_nms_iou", "mask_threshold", "rcnn_positive_fraction")
+_POSITIVE_COUNTS = ("fpn_channels", "rpn_train_pre_nms", "rpn_train_post_nms", "rpn_test_pre_nms",
+                    "rpn_test_post_nms", "rcnn_samples_per_image", "test_max_per_image", "roi_fc_channels",
+                    "mask_channels")
+
+
+def _validate_ranges(cfg: ModelConfig) -> None:
+    """Values outside their meaning (a score threshold of 1.5, a negative loss weight) are refused."""
+    for name in _UNIT_INTERVAL:
+        value = getattr(cfg, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name}={value} must be in [0, 1]")
+    for name in _POSITIVE_COUNTS:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
+    if not all(0.0 <= v <= 1.0 for v in cfg.stage_iou_thresholds):
+        raise ConfigError(f"stage_iou_thresholds={cfg.stage_iou_thresholds}: each must be in [0, 1]")
+    if any(v < 0 for v in cfg.stage_loss_weights) or cfg.semantic_weight < 0:
+        raise ConfigError("stage_loss_weights and semantic_weight must be >= 0, found "
+                          f"{cfg.stage_loss_weights} and {cfg.semantic_weight}")
+    for name in ("semantic_convs", "glbctx_convs"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0")

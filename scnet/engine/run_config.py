@@ -15,9 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from scnet.config import ConfigError
+from scnet.engine import config_fields as fields
 
 SCALES = ("smoke", "paper")
 SCHEDULE_NAMES = ("20e", "1x", "smoke")
+
+
+# torch.manual_seed takes 64 bits; the data seeds (scnet.data.seeding) need a non-negative one.
+MAX_SEED = 2**63 - 1
+# Longest image edge a run may ask for; beyond it one image does not fit any accelerator's memory.
+MAX_IMAGE_EDGE = 8192
+
+
+def _set(instance: Any, name: str, value: Any) -> None:
+    """Store a checked, canonical value on a frozen dataclass."""
+    object.__setattr__(instance, name, value)
 
 
 def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> None:
@@ -58,25 +70,25 @@ class Schedule:
     grad_clip_norm: float | None = None  # max global gradient norm; None: no clipping (the paper's setting)
 
     def __post_init__(self) -> None:
+        where = "schedule field"
+        for key, low in (("epochs", 1), ("max_iters", 1)):
+            _set(self, key, fields.integer(getattr(self, key), f"{where} {key!r}", low=low, optional=True))
         if (self.epochs is None) == (self.max_iters is None):
             raise ConfigError(f"schedule {self.name!r}: set exactly one of 'epochs' and 'max_iters' "
                               f"(found epochs={self.epochs}, max_iters={self.max_iters})")
-        length = self.epochs if self.epochs is not None else self.max_iters
-        if length < 1:
-            raise ConfigError(f"schedule {self.name!r}: length must be >= 1, found {length}")
-        if self.batch_size < 1:
-            raise ConfigError(f"schedule {self.name!r}: 'batch_size' must be >= 1, found {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"schedule {self.name!r}: 'lr' must be > 0, found {self.lr}")
-        if not 0 < self.warmup_ratio <= 1 or self.warmup_iters < 0:
-            raise ConfigError(f"schedule {self.name!r}: need warmup_iters >= 0 and 0 < warmup_ratio <= 1")
+        _set(self, "name", fields.text(self.name, f"{where} 'name'"))
+        for key, low in (("batch_size", 1), ("warmup_iters", 0), ("checkpoint_every", 1), ("log_every", 1)):
+            _set(self, key, fields.integer(getattr(self, key), f"{where} {key!r}", low=low))
+        _set(self, "lr", fields.number(self.lr, f"{where} 'lr'", low=0, low_open=True))
+        _set(self, "momentum", fields.number(self.momentum, f"{where} 'momentum'", low=0, high=1, high_open=True))
+        _set(self, "weight_decay", fields.number(self.weight_decay, f"{where} 'weight_decay'", low=0))
+        _set(self, "warmup_ratio", fields.number(self.warmup_ratio, f"{where} 'warmup_ratio'", low=0, high=1,
+                                                 low_open=True))
+        _set(self, "grad_clip_norm", fields.number(self.grad_clip_norm, f"{where} 'grad_clip_norm'", low=0,
+                                                   low_open=True, optional=True))
+        _set(self, "lr_steps", fields.integers(self.lr_steps, f"{where} 'lr_steps'", low=0))
         if list(self.lr_steps) != sorted(self.lr_steps):
-            raise ConfigError(f"schedule {self.name!r}: 'lr_steps' must be increasing, found {self.lr_steps}")
-        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            raise ConfigError(f"schedule {self.name!r}: 'grad_clip_norm' must be > 0 or null, "
-                              f"found {self.grad_clip_norm}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ConfigError(f"schedule {self.name!r}: 'checkpoint_every' and 'log_every' must be >= 1")
+            raise ConfigError(f"{where} 'lr_steps' must be increasing, found {list(self.lr_steps)}")
 
     @property
     def unit(self) -> str:
@@ -119,12 +131,12 @@ class EvalConfig:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"eval: 'batch_size' must be >= 1, found {self.batch_size}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ConfigError(f"eval: 'max_images' must be >= 1 or null, found {self.max_images}")
-        if self.speed_warmup < 0:
-            raise ConfigError(f"eval: 'speed_warmup' must be >= 0, found {self.speed_warmup}")
+        where = "eval field"
+        _set(self, "split", fields.text(self.split, f"{where} 'split'", name_like=True))
+        _set(self, "batch_size", fields.integer(self.batch_size, f"{where} 'batch_size'", low=1))
+        _set(self, "max_images", fields.integer(self.max_images, f"{where} 'max_images'", low=1, optional=True))
+        _set(self, "speed_warmup", fields.integer(self.speed_warmup, f"{where} 'speed_warmup'", low=0))
+        _set(self, "enabled", fields.boolean(self.enabled, f"{where} 'enabled'"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,26 +204,35 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.scale not in SCALES:
-            raise ConfigError(f"run config: 'scale' is {self.scale!r}; use one of {SCALES}")
+        where = "run config field"
+        _set(self, "preset", fields.text(self.preset, f"{where} 'preset'"))
+        _set(self, "data_root", fields.text(self.data_root, f"{where} 'data_root'"))
+        _set(self, "scale", fields.text(self.scale, f"{where} 'scale'", choices=SCALES))
+        _set(self, "seed", fields.integer(self.seed, f"{where} 'seed'", low=0, high=MAX_SEED))
+        _set(self, "num_workers", fields.integer(self.num_workers, f"{where} 'num_workers'", low=0))
+        _set(self, "amp", fields.boolean(self.amp, f"{where} 'amp'"))
+        if not isinstance(self.model_flags, Mapping) or not all(isinstance(k, str) for k in self.model_flags):
+            raise ConfigError(f"{where} 'model_flags' must be an object of flag names to values, "
+                              f"found {self.model_flags!r}")
+        object.__setattr__(self, "model_flags", dict(self.model_flags))
         if self.image_scale is None:
             object.__setattr__(self, "image_scale", default_image_scale(self.scale))
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"run config: 'seed' must be an integer, found {self.seed!r}")
-        if (len(self.image_scale) != 2 or min(self.image_scale) < 1
-                or self.image_scale[0] < self.image_scale[1]):
-            raise ConfigError(f"run config: 'image_scale' must be (long, short) positive edges with "
-                              f"long >= short, e.g. (1333, 800); found {self.image_scale}")
-        if self.num_workers < 0:
-            raise ConfigError(f"run config: 'num_workers' must be >= 0, found {self.num_workers}")
-        object.__setattr__(self, "model_flags", dict(self.model_flags))
-        object.__setattr__(self, "image_scale", tuple(int(v) for v in self.image_scale))
+        image_scale = fields.integers(self.image_scale, f"{where} 'image_scale'", length=2, low=1)
+        if image_scale[0] < image_scale[1] or image_scale[0] > MAX_IMAGE_EDGE:
+            raise ConfigError(f"{where} 'image_scale' must be (long, short) edges with {MAX_IMAGE_EDGE} >= long "
+                              f">= short >= 1, e.g. (1333, 800); found {list(image_scale)}")
+        object.__setattr__(self, "image_scale", image_scale)
         if self.schedule is None:
             object.__setattr__(self, "schedule", default_schedule(self.scale, "smoke" if self.scale == "smoke" else "20e"))
         if isinstance(self.schedule, Mapping):
             object.__setattr__(self, "schedule", Schedule.from_dict(self.schedule))
+        if not isinstance(self.schedule, Schedule):
+            raise ConfigError(f"{where} 'schedule' must be an object (the schedule's fields) or null, "
+                              f"found {self.schedule!r}")
         if isinstance(self.eval, Mapping):
             object.__setattr__(self, "eval", EvalConfig.from_dict(self.eval))
+        if not isinstance(self.eval, EvalConfig):
+            raise ConfigError(f"{where} 'eval' must be an object (the evaluation's fields), found {self.eval!r}")
         # Fail now, naming the flag, rather than in a worker process an hour later.
         self.model_config()
 
@@ -238,12 +259,6 @@ class RunConfig:
         for required in ("preset", "data_root"):
             if required not in values:
                 raise ConfigError(f"run config: missing field {required!r}")
-        if "schedule" in values:
-            values["schedule"] = Schedule.from_dict(values["schedule"])
-        if "eval" in values:
-            values["eval"] = EvalConfig.from_dict(values["eval"])
-        if "image_scale" in values:
-            values["image_scale"] = tuple(values["image_scale"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> "RunConfig":
