@@ -1,11 +1,71 @@
-"""Command-line pieces shared by `python -m scnet.train` and `python -m scnet.evaluate`."""
+"""Command-line pieces shared by `python -m scnet.train`, `scnet.evaluate` and `scnet.predict`."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from scnet.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def check_device(text: str) -> str:
+    """A device this machine has: 'cpu', 'cuda' or 'cuda:N' (GPU N visible); else ConfigError."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {text}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return text
+    if device.type != "cuda":
+        raise ConfigError(f"--device {text}: this tool runs on cpu or cuda (cuda:N), not {device.type}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {text}: no CUDA GPU is visible on this machine (torch.cuda.is_available() "
+                          "is False); use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"--device {text}: this machine has {count} GPU(s), cuda:0 .. cuda:{count - 1}")
+    return text
+
+
+def device_arg(text: str) -> str:
+    """argparse `type=` for --device: a usage error naming the option, before any work starts."""
+    try:
+        return check_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input or an output path is wrong", whose messages name the file or
+    field and the fix: the command-line tools print them as one line and exit 2, without a traceback."""
+    from scnet.checkpoints.loading import CheckpointError as WeightsError
+    from scnet.data.errors import DatasetError
+    from scnet.engine.checkpoint import CheckpointError
+    from scnet.image_io import ImageError
+    from scnet.records import OutputError, RecordError
+
+    return (ConfigError, DatasetError, RecordError, OutputError, CheckpointError, WeightsError, ImageError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line. An error re-raised by a DataLoader worker carries the worker's
+    traceback in its message; its last line is the original message."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith(("Error", "Exception")) \
+            else last
+    return " ".join(text.split())
+
+
+def report_user_error(exc: BaseException) -> int:
+    print(f"error: {one_line(exc)}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def parse_flag(text: str) -> tuple[str, Any]:
@@ -36,7 +96,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
     parser.add_argument("--eval-split", help="split to evaluate (default: val)")
     parser.add_argument("--eval-max-images", type=int, help="evaluate only the first N images")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU of this process if any)")
+    parser.add_argument("--device", type=device_arg,
+                        help="cpu, cuda or cuda:N (default: the GPU of this process if any)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
