@@ -2,6 +2,10 @@
 
     python -m scnet.evaluate --run runs/scnet_r50                 # the run's last checkpoint; rewrites result.json
     python -m scnet.evaluate --checkpoint model.pth --preset scnet_r50 --data data/coco --out runs/eval_x
+
+--run takes a run whose training has finished (an unfinished one is refused: its result.json would
+mark it done; resume it with scnet.train, or evaluate its last.pth with --checkpoint elsewhere).
+--out must be a new folder or one of earlier evaluations without results: never a run's folder.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 from scnet.config import ConfigError
 from scnet.cpu_memory import keep_freed_memory
-from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags
+from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags, report_user_error, user_errors
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale
 
 
@@ -36,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.eval_split is not None or args.eval_max_images is not None or args.preset or args.data:
                 raise ConfigError("with --run, the model, data and evaluation settings come from the run's "
                                   "config.json (its run id covers them); drop --preset/--data/--eval-*")
+            if args.checkpoint is not None or args.out is not None:
+                raise ConfigError("with --run, the weights are the run's checkpoints/last.pth and the results go to "
+                                  "the run; to evaluate other weights give --checkpoint with --preset, --data and "
+                                  "a new --out folder")
             if not (args.run / "config.json").exists():
                 raise ConfigError(f"{args.run / 'config.json'}: not found; is {args.run} a run directory?")
         else:
@@ -51,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
     from scnet.engine.runner import evaluate_run
+    from scnet.records import ensure_writable_dir
 
-    result = evaluate_run(run_dir, run_config=run_config, checkpoint=args.checkpoint,
-                          progress=not args.no_progress, device=args.device)
+    try:
+        ensure_writable_dir(run_dir, "--run" if args.run is not None else "--out")
+        result = evaluate_run(run_dir, run_config=run_config, checkpoint=args.checkpoint,
+                              progress=not args.no_progress, device=args.device)
+    except user_errors() as exc:
+        return report_user_error(exc)
     from scnet.engine import distributed
 
     if distributed.detect_dist_env().rank == 0:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from scnet.config import ConfigError
-from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags
+from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags, report_user_error, user_errors
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale, default_schedule
 
 
@@ -89,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not last_checkpoint_path(run_dir).exists() and not (run_dir / "result.json").exists():
         parser.error(f"--resume: {last_checkpoint_path(run_dir)} does not exist; nothing to resume")
     from scnet.engine.runner import run_training
+    from scnet.records import ensure_writable_dir
 
-    result = run_training(run_config, run_dir, progress=not args.no_progress, device=args.device)
+    try:
+        ensure_writable_dir(run_dir, "--out")  # before any training, not when the first checkpoint is due
+        result = run_training(run_config, run_dir, progress=not args.no_progress, device=args.device)
+    except user_errors() as exc:
+        return report_user_error(exc)
     from scnet.engine import distributed
 
     if distributed.detect_dist_env().rank == 0:

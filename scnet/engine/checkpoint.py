@@ -40,8 +40,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: checkpoint not found") from exc
+    except IsADirectoryError as exc:
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file") from exc
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {reason}); "
                               "delete it to start the run afresh") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a training checkpoint of this project "
@@ -50,3 +53,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: field 'version' is {state.get('version')!r}; this code reads "
                               f"version {CHECKPOINT_VERSION}")
     return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | os.PathLike,
+                     preset_name: str | None = None) -> None:
+    """Load a training checkpoint's weights strictly; weights of another preset or class count give
+    one CheckpointError line naming the checkpoint's preset, not load_state_dict's tensor list."""
+    from scnet.checkpoints.loading import CheckpointError as WeightsError
+    from scnet.checkpoints.loading import check_state_fits
+
+    run_config = state.get("run_config")
+    saved_preset = run_config.get("preset") if isinstance(run_config, dict) else None
+    try:
+        check_state_fits(model, state["model"], path, guess=saved_preset, preset_name=preset_name)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from exc

@@ -6,6 +6,7 @@ interrupted one resumes from `checkpoints/last.pth`. Only rank 0 writes files.
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from scnet.engine import distributed
-from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint
+from scnet.config import ConfigError
+from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state
 from scnet.engine.coco_eval import coco_metrics, write_detections
 from scnet.engine.environment import collect_environment
 from scnet.engine.inference import gather_inference, run_inference
@@ -26,8 +28,8 @@ from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog
 from scnet.engine.seeding import seed_everything
 from scnet.engine.trainer import iou_summary, train
-from scnet.records import (RESULT_FILE, IoURecorder, read_config, read_result, write_config, write_env,
-                           write_result)
+from scnet.records import (RESULT_FILE, IoURecorder, RecordError, read_config, read_result, write_config,
+                           write_env, write_result)
 
 # Detections at or above this IoU with a same-class ground truth: the inference counterpart of the
 # training positives (whose IoU is >= the first stage's 0.5 threshold) for Figure 1.
@@ -37,7 +39,9 @@ MATCHED_IOU = 0.5
 def pick_device(dist_env: distributed.DistEnv, device: str | torch.device | None = None) -> torch.device:
     """The requested device, else this process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
     if device is not None:
-        chosen = torch.device(device)
+        from scnet.engine.cli_args import check_device
+
+        chosen = torch.device(check_device(str(device)))
     elif torch.cuda.is_available():
         chosen = torch.device("cuda", dist_env.local_rank % torch.cuda.device_count())
     else:
@@ -95,15 +99,56 @@ def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
     return build_model(run_config.model_config(**data_flags))
 
 
+class RunDirError(ConfigError):
+    """A run directory that cannot take this work without losing or misrepresenting what it holds."""
+
+
 def _check_run_dir(run_config: RunConfig, run_dir: Path) -> None:
-    """Refuse to resume a different run into an existing folder."""
+    """Refuse to resume (or return the result of) a different run in an existing folder."""
     config_path = run_dir / "config.json"
     if not config_path.exists():
         return
     existing = RunConfig.from_dict(read_config(run_dir))
     if existing.run_id() != run_config.run_id():
-        raise ValueError(f"{config_path}: this folder holds run {existing.run_id()}, not {run_config.run_id()} "
-                         "(the configs differ); use another run directory or delete this one")
+        state = "finished run" if (run_dir / RESULT_FILE).exists() else "run"
+        raise RunDirError(f"{config_path}: this folder holds {state} {existing.run_id()}, not {run_config.run_id()} "
+                          "(the configs differ); use another run directory or delete this one")
+
+
+def _finished_result(run_config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The run's result if it is finished; None if it still has to run.
+
+    A result.json that does not validate is moved aside (rank 0), never deleted: the run then
+    resumes from its checkpoint and writes a new one, as `experiments.run --status` announces.
+    """
+    _check_run_dir(run_config, run_dir)
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    try:
+        result = read_result(run_dir)
+    except RecordError as exc:
+        if distributed.detect_dist_env().rank == 0:
+            _move_aside(path, exc)
+        return None
+    stored = result["config"]
+    try:
+        stored_id = RunConfig.from_dict({k: v for k, v in stored.items() if k != "model"}).run_id()
+    except (ConfigError, TypeError):
+        stored_id = result.get("run_id")
+    if stored_id != run_config.run_id():
+        raise RunDirError(f"{path}: this folder holds finished run {stored_id}, not {run_config.run_id()} "
+                          "(the configs differ); use another run directory")
+    return result
+
+
+def _move_aside(path: Path, reason: Exception) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.invalid-{stamp}")
+    os.replace(path, aside)
+    RunLog(path.parent).info(f"{path.name} did not validate ({reason}); kept as {aside.name}, the run "
+                             "resumes and writes a new one")
+    return aside
 
 
 def evaluate_model(model: nn.Module, dataset: Any, run_config: RunConfig, *, device: torch.device,
@@ -164,10 +209,10 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
                  device: str | torch.device | None = None) -> dict[str, Any]:
     """Train (resuming if interrupted), evaluate, write result.json; return the result on every rank."""
     run_dir = Path(run_dir)
-    if (run_dir / RESULT_FILE).exists():
-        return read_result(run_dir)
+    finished = _finished_result(run_config, run_dir)
+    if finished is not None:
+        return finished
     with _process_group(device) as chosen:
-        _check_run_dir(run_config, run_dir)
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
@@ -242,16 +287,51 @@ def load_weights(model: nn.Module, checkpoint: str | Path, preset: str) -> None:
     load_model_checkpoint(model, checkpoint, preset_name=preset)
 
 
+def _check_evaluation_out(run_config: RunConfig, out: Path) -> None:
+    """Weights from elsewhere go to a folder of their own: never over a run's results (result.json,
+    detections, IoU records) or into a training run, whose result.json would then describe them."""
+    if (out / RESULT_FILE).exists():
+        raise RunDirError(f"{out / RESULT_FILE}: {out} already holds finished results; evaluating into it would "
+                          "overwrite them; give --out a new folder")
+    if last_checkpoint_path(out).exists():
+        raise RunDirError(f"{out} is a training run (it has {last_checkpoint_path(out).relative_to(out)}); "
+                          "evaluating other weights into it would mark it finished with their numbers; give "
+                          "--out a new folder")
+    _check_run_dir(run_config, out)
+
+
+def _check_training_finished(state: dict[str, Any], run_dir: Path) -> None:
+    done, total = int(state["iteration"]), int(state["total_iters"])
+    if done < total:
+        raise RunDirError(
+            f"{run_dir}: training is not finished (its checkpoint is at iteration {done} of {total}); "
+            "evaluating it with --run would mark the half-trained run done. Finish it with "
+            f"'python -m scnet.train --config {run_dir / 'config.json'}' (it resumes), or evaluate these weights "
+            f"elsewhere with --checkpoint {last_checkpoint_path(run_dir)} --out NEW_FOLDER (and --preset, --data)")
+
+
 def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, checkpoint: str | Path | None = None,
                  progress: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
     """Evaluate a run's final weights (or `checkpoint`) again and rewrite its result.json.
 
     With `run_config` given (evaluating a checkpoint from elsewhere), `run_dir` is the output folder
-    and the result records `timing.train_s = 0`.
+    and the result records `timing.train_s = 0`; that folder must not hold results or a training
+    run. A run whose training has not finished is refused: its result.json would mark it done.
     """
     run_dir = Path(run_dir)
     if run_config is None:
         run_config = RunConfig.from_dict(read_config(run_dir))
+    if checkpoint is not None:
+        _check_evaluation_out(run_config, run_dir)
+        run_state = None
+    else:
+        run_state = load_checkpoint(last_checkpoint_path(run_dir))
+        _check_training_finished(run_state, run_dir)
+        if (run_dir / RESULT_FILE).exists() and distributed.detect_dist_env().rank == 0:
+            try:
+                read_result(run_dir)
+            except RecordError as exc:
+                _move_aside(run_dir / RESULT_FILE, exc)
     with _process_group(device) as chosen:
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
@@ -262,13 +342,11 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
         train_s, iterations = 0.0, 0
         source = Path(checkpoint) if checkpoint is not None else last_checkpoint_path(run_dir)
         try:
-            state = load_checkpoint(source)
+            state = run_state if run_state is not None else load_checkpoint(source)
         except CheckpointError:
-            if checkpoint is None:
-                raise
             load_weights(model, source, run_config.preset)
         else:
-            model.load_state_dict(state["model"])
+            load_model_state(model, state, source, preset_name=run_config.preset)
             recorder.load_state_dict(state["iou_recorder"])  # keeps the training IoUs beside the new ones
             train_s, iterations = float(state["train_s"]), int(state["iteration"])
             del state

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scnet.engine import distributed
-from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint, save_checkpoint
+from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
+                                     save_checkpoint)
 from scnet.engine.lr_schedule import learning_rate, set_learning_rate
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog, read_metrics
@@ -164,7 +165,7 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
                 f"{checkpoint_path}: saved with {state['iters_per_epoch']} iterations per epoch and "
                 f"{state['total_iters']} in all, but this run has {per_epoch} and {total} (dataset or "
                 "batch size changed?); use a new run directory")
-        model.load_state_dict(state["model"])
+        load_model_state(model, state, checkpoint_path, preset_name=run_config.preset)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         recorder.load_state_dict(state["iou_recorder"])
