@@ -145,6 +145,14 @@ def load_profile(path: str | Path) -> SlurmProfile:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ProfileError(f"profile {path}: file not found (copy slurm/profiles/example.toml and edit it)") from None
+    except IsADirectoryError:
+        raise ProfileError(f"profile {path}: a folder, not a file; give the profile's .toml file "
+                           "(e.g. slurm/profiles/example.toml)") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"profile {path}: not UTF-8 text (byte {exc.start}); a profile is a TOML text file "
+                           "(see slurm/profiles/example.toml)") from None
+    except OSError as exc:
+        raise ProfileError(f"profile {path}: cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
     return profile_from_dict(raw, str(path))

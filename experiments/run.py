@@ -180,6 +180,22 @@ def ensure_data(scale: str, data_root: Path, progress: bool) -> None:
         raise UsageError(f"--data {data_root}: {exc}") from None
 
 
+def check_outputs(tables: list[str], runs_dir: Path, out: Path) -> None:
+    """Every folder this invocation will write is writable now, not after hours of training."""
+    from scnet.records import OutputError, check_writable_dir
+
+    folders = [(runs_dir, "--runs-dir")]
+    if any(name != "figure1" for name in tables):
+        folders.append((out / "tables", "--out"))
+    if "figure1" in tables:
+        folders.append((out / "figures", "--out"))
+    for folder, option in folders:
+        try:
+            check_writable_dir(folder, option)
+        except OutputError as exc:
+            raise UsageError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     tables = resolve_tables(args.tables)
     executor_name = args.executor or ("slurm" if args.profile else "local")
@@ -208,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status)
         return 0
 
+    check_outputs(tables, runs_dir, out)
     executor = make_executor(executor_name, runs_dir=runs_dir, jobs=args.jobs, progress=progress,
                              profile=profile, job_name=f"scnet-{'-'.join(tables)}"[:64])
     if args.no_wait and not executor.supports_no_wait:

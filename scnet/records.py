@@ -79,25 +79,35 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
                        "writable (or choose another path), then run the same command again", exc.errno)
 
 
-def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create the folder `path` if needed and prove it writable, before any long work writes there.
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Prove that the folder `path` can be created (if absent) and written, leaving no trace, before
+    any long work writes there. `what` names the option the path came from (e.g. "--out").
 
-    `what` names the option the path came from (e.g. "--out"), for the message. The check writes and
-    removes a probe file, because permission bits do not tell (root, read-only mounts, ACLs)."""
+    The check writes and removes a probe file in the nearest existing folder, because permission
+    bits do not tell (root, read-only mounts, ACLs)."""
     path = Path(path)
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                raise OutputError(f"{what} {path}: {folder} is a file, not a folder; choose another path")
-            break
+    existing = next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()),
+                    Path("."))
+    if not existing.is_dir():
+        raise OutputError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{what} {path}: not a writable folder ({exc.strerror or exc}); "
+        raise OutputError(f"{what} {path}: {existing} is not a writable folder ({exc.strerror or exc}); "
                           "choose a folder you can write to", exc.errno) from exc
+    return path
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """`check_writable_dir`, then create the folder."""
+    path = check_writable_dir(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot be created ({exc.strerror or exc}); choose a folder you can "
+                          "write to", exc.errno) from exc
     return path
 
 

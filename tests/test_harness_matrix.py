@@ -149,3 +149,17 @@ def test_no_wait_with_the_inline_executor_is_refused(tmp_path):
     message = _usage_error(harness("table3", "--executor", "inline", "--no-wait", "--data", str(tmp_path / "d"),
                                    "--runs-dir", str(tmp_path / "runs")))
     assert "--no-wait" in message
+
+
+@pytest.mark.parametrize("option", ["--out", "--runs-dir"])
+def test_an_output_folder_under_a_file_is_refused_before_anything_runs(option, tmp_path, capsys):
+    from experiments.run import main
+
+    (tmp_path / "file").write_text("x")
+    paths = {"--out": str(tmp_path / "out"), "--runs-dir": str(tmp_path / "runs"), option: str(tmp_path / "file")}
+    code = main(["table2", "--executor", "inline", "--no-progress", "--data", str(tmp_path / "shapes"),
+                 *[x for pair in paths.items() for x in pair]])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: {option} {tmp_path / 'file'}" in err and "is a file, not a folder" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing made, nothing trained

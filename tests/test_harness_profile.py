@@ -62,3 +62,13 @@ def test_missing_and_broken_profile_files(tmp_path):
     broken.write_text("partition = \n")
     with pytest.raises(ProfileError, match="not valid TOML"):
         load_profile(broken)
+
+
+def test_a_profile_that_is_a_folder_or_not_text(tmp_path):
+    with pytest.raises(ProfileError, match="a folder, not a file"):
+        load_profile(tmp_path)
+    binary = tmp_path / "cluster.toml"
+    binary.write_bytes(b"partition = \"gpu\"\n\xff\xfe\x00")
+    with pytest.raises(ProfileError, match="not UTF-8 text") as err:
+        load_profile(binary)
+    assert str(binary) in str(err.value) and "\n" not in str(err.value)
