@@ -102,8 +102,8 @@ def model_config_for(weights: Weights, args: argparse.Namespace) -> ModelConfig:
         return stored.replace(test_score_thr=args.score_thr)
     if not args.preset:
         looks = f" (it looks like --preset {weights.preset})" if weights.preset else ""
-        raise ConfigError(f"checkpoint {weights.path} stores no model config ({weights.kind} format); give "
-                          f"--preset{looks}")
+        what = "an MMDetection checkpoint" if weights.kind == "mmdet" else "a bare state dict"
+        raise ConfigError(f"checkpoint {weights.path} is {what} without a model config; give --preset{looks}")
     counts = {**infer_class_counts(weights.state), **given}
     return resolve_config(args.preset, **counts, test_score_thr=args.score_thr)
 

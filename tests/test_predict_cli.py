@@ -117,7 +117,7 @@ def test_bare_state_dict_takes_its_class_counts_from_the_tensors(photo, tmp_path
     state = build_model("htc_r18_smoke", num_classes=4, num_semantic_classes=9).state_dict()
     torch.save(state, tmp_path / "bare.pth")
     assert main(_args(tmp_path / "bare.pth", photo, tmp_path / "d.json")) == 2
-    assert "stores no model config" in capsys.readouterr().err
+    assert "is a bare state dict without a model config; give --preset" in capsys.readouterr().err
     assert main(_args(tmp_path / "bare.pth", photo, tmp_path / "d.json", "--preset", "htc_r18_smoke")) == 0
     assert all(r["label"] < 4 for r in json.loads((tmp_path / "d.json").read_text()))
 

@@ -190,3 +190,18 @@ def test_a_device_this_machine_lacks_is_a_usage_error(device, data, tmp_path, ca
     assert exit_.value.code == 2
     assert "--device" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unwritable_folder_is_named_and_nothing_is_made(tmp_path, monkeypatch):
+    """The read-only case as root sees it too: the probe write fails (root ignores permission bits)."""
+    import tempfile
+
+    from scnet.records import OutputError, check_writable_dir
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OutputError, match=r"is not a writable folder \(Permission denied\)"):
+        check_writable_dir(tmp_path / "new" / "run", "--out")
+    assert not (tmp_path / "new").exists()

@@ -18,7 +18,7 @@ def check_device(text: str) -> str:
     try:
         device = torch.device(text)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {text}: not a device name; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"--device {text} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type == "cpu":
         return text
     if device.type != "cuda":
@@ -37,7 +37,7 @@ def device_arg(text: str) -> str:
     try:
         return check_device(text)
     except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--device ")) from None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
