@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is not None:
             from scnet.records import read_json
 
-            run_config = RunConfig.from_dict(read_json(args.config))
+            try:
+                run_config = RunConfig.from_dict(read_json(args.config))
+            except ConfigError as exc:
+                raise ConfigError(f"{args.config}: {exc}") from None
             run_dir = args.out or args.config.parent
         else:
             run_config = run_config_from_args(args)
@@ -89,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not last_checkpoint_path(run_dir).exists() and not (run_dir / "result.json").exists():
         parser.error(f"--resume: {last_checkpoint_path(run_dir)} does not exist; nothing to resume")
     from scnet.engine.runner import run_training
-    from scnet.records import ensure_writable_dir
+    from scnet.records import check_writable_dir
 
     try:
-        ensure_writable_dir(run_dir, "--out")  # before any training, not when the first checkpoint is due
+        check_writable_dir(run_dir, "--out")  # before any training, not when the first checkpoint is due
         result = run_training(run_config, run_dir, progress=not args.no_progress, device=args.device)
     except user_errors() as exc:
         return report_user_error(exc)

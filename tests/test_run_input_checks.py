@@ -28,7 +28,7 @@ def _train_refused(config: RunConfig, run_dir: Path) -> str:
 
     with pytest.raises(DatasetError) as info:
         run_training(config, run_dir, progress=False, device="cpu")
-    assert not (run_dir / "checkpoints").exists() and not (run_dir / "result.json").exists()
+    assert not run_dir.exists()  # nothing written: not even the run folder
     return str(info.value)
 
 
@@ -143,3 +143,25 @@ def test_synthetic_sizes_are_bounded(tmp_path: Path, args: list[str], message: s
     assert main(["--out", str(tmp_path / "s"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ({"max_iters": 2.5}, "schedule field 'max_iters' must be an integer >= 1 or null, found 2.5"),
+    ({"max_iters": 2, "batch_size": 1.5}, "schedule field 'batch_size' must be an integer >= 1, found 1.5"),
+    ({"max_iters": "abc"}, "schedule field 'max_iters' must be an integer >= 1 or null, found 'abc'"),
+])
+def test_train_config_json_fields_are_named_with_the_file(tmp_path: Path, schedule: dict, message: str,
+                                                          capsys) -> None:
+    import json
+
+    from scnet.train import main
+
+    config = tmp_path / "run" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"preset": PRESET, "data_root": str(tmp_path), "scale": "smoke",
+                                  "schedule": schedule}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    assert f"{config}: {message}" in capsys.readouterr().err
+    assert sorted(p.name for p in config.parent.iterdir()) == ["config.json"]

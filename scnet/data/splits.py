@@ -86,6 +86,8 @@ def check_evaluation_split(dataset: CocoInstances, *, max_images: int | None = N
 
 def _annotation_summary(dataset: CocoInstances) -> str:
     stats: dict[str, Any] = dataset.stats
+    if not dataset.coco.anns and not stats["unusable_polygons_dropped"]:
+        return "the file has no annotations"
     return (f"{len(dataset.coco.anns)} annotation(s) in the file: {stats['crowd_ignored']} crowd, "
             f"{stats['degenerate_boxes_dropped']} with a box of width or height < 1, "
             f"{stats['unusable_polygons_dropped']} without a polygon of 3 or more points")

@@ -213,15 +213,16 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
     if finished is not None:
         return finished
     with _process_group(device) as chosen:
+        prepare_data(run_config)
+        train_set = build_dataset(run_config, "train", train=True)
+        # Every split the run uses is checked now, not after hours of training, and before the run
+        # folder is written, so bad data leaves nothing behind.
+        eval_set = build_dataset(run_config, run_config.eval.split, train=False) if run_config.eval.enabled else None
+        check_run_splits(train_set, eval_set, run_config)
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
                                                    device=describe_device(chosen)))
-        prepare_data(run_config)
-        train_set = build_dataset(run_config, "train", train=True)
-        # Every split the run uses is checked now, not after hours of training.
-        eval_set = build_dataset(run_config, run_config.eval.split, train=False) if run_config.eval.enabled else None
-        check_run_splits(train_set, eval_set, run_config)
         model = build_run_model(run_config, train_set).to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
         outcome = train(model, train_set, collate_fn=_collate(), run_config=run_config, run_dir=run_dir,
