@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
     from scnet.engine.runner import evaluate_run
-    from scnet.records import ensure_writable_dir
+    from scnet.records import check_writable_dir
 
     try:
-        ensure_writable_dir(run_dir, "--run" if args.run is not None else "--out")
+        check_writable_dir(run_dir, "--run" if args.run is not None else "--out")
         result = evaluate_run(run_dir, run_config=run_config, checkpoint=args.checkpoint,
                               progress=not args.no_progress, device=args.device)
     except user_errors() as exc:

@@ -26,7 +26,7 @@ from scnet.cpu_memory import keep_freed_memory
 from scnet.engine.cli_args import device_arg, report_user_error, user_errors
 from scnet.image_io import read_rgb, resize_for_test
 from scnet.presets import resolve_config
-from scnet.records import ensure_writable_dir, write_json_atomic
+from scnet.records import check_writable_dir, write_json_atomic
 
 
 def detections_to_coco(detections: dict, image_id: int | str, category_ids: tuple[int, ...] | None) -> list[dict]:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out.is_dir():
             raise ConfigError(f"--out {out}: is a folder; give the path of the JSON file to write")
-        ensure_writable_dir(out.parent, "--out")  # before the work, not after it
+        check_writable_dir(out.parent, "--out")  # before the work, not after it
         image = read_rgb(args.image)
         weights = read_weights(args.checkpoint, format=args.checkpoint_format)
         cfg = model_config_for(weights, args)
