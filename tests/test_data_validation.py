@@ -244,3 +244,12 @@ def test_missing_root_says_it_does_not_exist_and_how_to_make_one(tmp_path: Path)
     assert f"dataset folder {typo} does not exist" in str(info.value)
     assert f"python -m scnet.data.synthetic --out {typo}" in str(info.value)
     assert not typo.exists()
+
+
+@pytest.mark.parametrize("file_name", ["/etc/passwd", "../val2017/img1.png", "a/../../x.png", "..\\\\x.png"])
+def test_image_file_names_must_stay_inside_the_image_folder(tmp_path: Path, file_name: str) -> None:
+    data = coco_json()
+    data["images"][1]["file_name"] = file_name
+    root = write_dataset(tmp_path / "coco", data, images=False)
+    with pytest.raises(DatasetError, match=r"images\[1\] \(id 2\): field 'file_name' = .* must be a path inside"):
+        CocoInstances(root, "train", semantic=None)

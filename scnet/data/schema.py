@@ -6,7 +6,7 @@ in seconds with a message that says what to fix, instead of hours later inside a
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from scnet.data.errors import DatasetError
@@ -75,6 +75,10 @@ def _check_images(images: list[Any], path: Path) -> dict[int, tuple[int, int]]:
             raise DatasetError(f"{where}: field 'id' repeats image id {image['id']}; ids must be unique")
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
             raise DatasetError(f"{where}: field 'file_name' must be a non-empty string")
+        name = PurePosixPath(image["file_name"].replace("\\", "/"))
+        if name.is_absolute() or ".." in name.parts:
+            raise DatasetError(f"{where}: field 'file_name' = {image['file_name']!r} must be a path inside the "
+                               "split's image folder (no leading '/', no '..')")
         for key in ("height", "width"):
             if not _is_int(image.get(key)) or image[key] < 1:
                 raise DatasetError(f"{where}: field '{key}' must be a positive integer, got {image.get(key)!r}")
