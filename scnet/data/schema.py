@@ -13,7 +13,7 @@ from scnet.data.errors import DatasetError
 from scnet.data.rle import compressed_rle_problem
 
 _TOP_LEVEL = ("images", "annotations", "categories")
-_NUMBER_TYPES = (int, float)  # exact types: bool, a subclass of int, is not a coordinate
+_NUMBER_TYPES = frozenset((int, float))  # exact types: bool, a subclass of int, is not a coordinate
 
 
 def _is_int(value: Any) -> bool:
@@ -149,7 +149,7 @@ def _check_polygons(polygons: list[Any], where: str) -> None:
             raise DatasetError(f"{where}: field 'segmentation[{index}]' must be a list of numbers "
                                f"[x1, y1, x2, y2, ...], got {type(polygon).__name__}")
         # One type test per number and one sum: cheap enough for COCO's ~20 million coordinates.
-        if not all(type(v) in _NUMBER_TYPES for v in polygon) or not math.isfinite(sum(polygon)):
+        if not _NUMBER_TYPES.issuperset(map(type, polygon)) or not math.isfinite(sum(polygon)):
             bad = next((repr(v) for v in polygon if not _is_number(v)), "coordinates whose sum overflows")
             raise DatasetError(f"{where}: field 'segmentation[{index}]' holds {bad}; polygon coordinates must "
                                "be finite numbers [x1, y1, x2, y2, ...]")
