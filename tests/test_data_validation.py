@@ -253,3 +253,25 @@ def test_image_file_names_must_stay_inside_the_image_folder(tmp_path: Path, file
     root = write_dataset(tmp_path / "coco", data, images=False)
     with pytest.raises(DatasetError, match=r"images\[1\] \(id 2\): field 'file_name' = .* must be a path inside"):
         CocoInstances(root, "train", semantic=None)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[" * 100_000, b"{\"num_semantic_classes\": 1.5}"])
+def test_a_bad_dataset_info_file_is_named(tmp_path: Path, content: bytes) -> None:
+    root = write_dataset(tmp_path / "d", coco_json())
+    folder = root / "stuffthingmaps" / "train2017"
+    folder.mkdir(parents=True)
+    for i in (1, 2, 3):
+        Image.new("L", (W, H)).save(folder / f"img{i}.png")
+    (root / "dataset_info.json").write_bytes(content)
+    with pytest.raises(DatasetError, match=r"dataset_info\.json: "):
+        CocoInstances(root, "train")
+
+
+def test_a_stuff_map_too_large_to_decode_is_named(tmp_path: Path, monkeypatch) -> None:
+    from scnet.data.semantic import load_stuff_map
+
+    path = tmp_path / "map.png"
+    Image.new("L", (W, H)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", (W * H) // 4)  # the map now counts as a decompression bomb
+    with pytest.raises(DatasetError, match=r"map\.png: cannot read the semantic map"):
+        load_stuff_map(path, H, W, 183)

@@ -47,8 +47,8 @@ def read_dataset_info(root: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"{path}: cannot read it as JSON ({exc}); fix or delete the file") from exc
     if not isinstance(info, dict):
         raise DatasetError(f"{path}: expected a JSON object, got {type(info).__name__}; fix or delete the file")
@@ -85,7 +85,7 @@ def load_stuff_map(path: Path, height: int, width: int, num_semantic_classes: in
     try:
         with Image.open(path) as image:
             values = np.array(image)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot read the semantic map ({exc}); replace the file") from exc
     if values.ndim != 2:
         raise DatasetError(f"{path}: a semantic map must be a single-channel PNG, got shape {values.shape}")
