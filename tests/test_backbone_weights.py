@@ -246,3 +246,28 @@ def test_harness_refuses_paper_runs_without_weights_before_submitting(tmp_path):
     assert not (tmp_path / "runs").exists()
     # --dry-run still lists the matrix (nothing is submitted).
     assert _harness(tmp_path, "table4", "--scale", "paper", "--data", str(coco), "--dry-run").returncode == 0
+
+
+def test_harness_backbone_weights_option(tmp_path, capsys):
+    from experiments.run import main as harness_main
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision_file_state("resnet18"), weights)
+
+    def run_ids(*extra):
+        code = harness_main(["table4", "--dry-run", "--data", str(tmp_path / "d"), "--runs-dir",
+                             str(tmp_path / "runs"), *extra])
+        out = capsys.readouterr()
+        return code, {line[:12] for line in out.out.splitlines() if line[12:14] == "  "}, out.err
+
+    _, random_init, _ = run_ids()
+    code, from_file, _ = run_ids("--backbone-weights", str(weights))
+    assert code == 0 and len(from_file) == 4 and not from_file & random_init
+    code, _, err = run_ids("--scale", "paper", "--backbone-weights", str(weights))
+    assert code == 2 and "--data" in err  # paper scale still needs COCO first
+    code = harness_main(["table1", "--dry-run", "--backbone-weights", str(weights)])
+    assert code == 0  # smoke table1: every row is a ResNet-18 smoke preset
+    coco = _fake_coco(tmp_path / "coco", stuff=True)
+    code = harness_main(["table1", "--scale", "paper", "--data", str(coco), "--dry-run",
+                         "--backbone-weights", str(weights)])
+    assert code == 2 and "one file for runs of 3 backbones" in capsys.readouterr().err
