@@ -70,16 +70,20 @@ def weights_source(run_config: Any) -> WeightsSource | None:
 def require_backbone_weights(run_configs: Iterable[Any]) -> None:
     """Refuse, in one message, runs whose backbone file is not on disk (before anything is submitted)."""
     missing: dict[Path, set[str]] = {}
+    explicit: set[Path] = set()
     for config in run_configs:
         source = weights_source(config)
-        if source is not None and not source.path.is_file():
+        if source is None or source.path.is_file():
+            continue
+        if source.published is None:
+            explicit.add(source.path)
+        else:
             missing.setdefault(source.path, set()).add(config.preset)
+    if explicit:
+        raise BackboneWeightsError(f"backbone weights file(s) not found: {', '.join(map(str, sorted(explicit)))} "
+                                   "(--backbone-weights / run config field 'backbone_weights')")
     if not missing:
         return
-    explicit = [p for p in missing if p.parent != hub_checkpoint_dir()]
-    if explicit:
-        raise BackboneWeightsError(f"backbone weights file(s) not found: {', '.join(map(str, explicit))} "
-                                   "(--backbone-weights / run config field 'backbone_weights')")
     presets = {preset for names in missing.values() for preset in names}
     raise BackboneWeightsError(
         f"ImageNet backbone weights missing: {', '.join(str(p) for p in sorted(missing))}. Download them on a "
