@@ -271,3 +271,23 @@ def test_harness_backbone_weights_option(tmp_path, capsys):
     code = harness_main(["table1", "--scale", "paper", "--data", str(coco), "--dry-run",
                          "--backbone-weights", str(weights)])
     assert code == 2 and "one file for runs of 3 backbones" in capsys.readouterr().err
+
+
+def test_run_training_starts_the_trunk_from_the_configured_file(tmp_path):
+    from scnet.data import ensure_synthetic
+    from scnet.engine import EvalConfig, Schedule, run_training
+    from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
+
+    data = ensure_synthetic(tmp_path / "shapes", seed=1, train=2, val=1, size=(128, 96))
+    state = torchvision_file_state("resnet18")
+    weights = tmp_path / "r18.pth"
+    torch.save(state, weights)
+    config = RunConfig(preset="mask_rcnn_r18_smoke", data_root=str(data), image_scale=(128, 96),
+                       backbone_weights=str(weights), num_workers=0, eval=EvalConfig(enabled=False),
+                       schedule=Schedule(max_iters=1, batch_size=2, lr=1e-6, warmup_iters=0, checkpoint_every=1))
+    run_training(config, tmp_path / "run", progress=False)
+    assert f"backbone initialised from {weights}" in (tmp_path / "run" / "log.txt").read_text()
+    trained = load_checkpoint(last_checkpoint_path(tmp_path / "run"))["model"]
+    # One step at lr 1e-6 leaves the trunk where the file put it (random init would be far away).
+    for name in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert torch.allclose(trained[f"backbone.{name}"], state[name], atol=1e-3), name
