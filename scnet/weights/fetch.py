@@ -70,6 +70,12 @@ def fetch_file(published: PublishedWeights, download: Callable[..., None] | None
     return f"fetched  {target}  ({published.mmdet_name})"
 
 
+def _target(published: PublishedWeights):
+    from scnet.weights.backbone_init import hub_checkpoint_dir
+
+    return hub_checkpoint_dir() / published.file_name
+
+
 def list_files() -> None:
     from scnet.weights.backbone_init import hub_checkpoint_dir
 
@@ -97,5 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(fetch_file(published))
         except Exception as exc:  # noqa: BLE001 - network, disk and hash errors: report each, go on
             failed += 1
-            print(f"error: {published.url}: {exc}", file=sys.stderr)
+            print(f"error: {published.url}: {exc} (no network here? fetch it where there is, or copy the file "
+                  f"to {_target(published)})", file=sys.stderr)
     return EXIT_FAILED if failed else 0
