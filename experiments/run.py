@@ -25,6 +25,7 @@ from tqdm import tqdm
 from experiments.executors import EXECUTORS, make_executor
 from experiments.executors.base import wait_for_runs
 from experiments.profile import load_profile
+from experiments.requirements import check_one_backbone, check_paper_requirements
 from experiments.runspec import (SCALES, RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root,
                                  resolve_tables)
 from experiments.status import RunStatus, State, failure_report, run_statuses
@@ -55,6 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field for every run, e.g. --set schedule.max_iters=20 "
                              "(changes the runs' identity)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed-precision training on CUDA (default: float32, as the paper; other run ids)")
+    parser.add_argument("--backbone-weights", metavar="PATH",
+                        help="ImageNet backbone file for every run (default at paper scale: MMDetection's "
+                             "published files in $TORCH_HOME/hub/checkpoints; python -m scnet.weights fetch)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the run matrix and each run's state; run nothing")
     mode.add_argument("--status", action="store_true", help="print each run's state (with log paths); run nothing")
@@ -213,7 +219,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs {args.jobs}: need at least 1")
     profile = load_profile(args.profile) if args.profile else None
     data_root = resolve_data_root(args.scale, args.data)
-    matrix = build_matrix(tables, args.scale, data_root, args.seeds, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.amp:
+        overrides.setdefault("amp", True)
+    if args.backbone_weights:
+        overrides.setdefault("backbone_weights", str(Path(args.backbone_weights).expanduser().resolve()))
+    matrix = build_matrix(tables, args.scale, data_root, args.seeds, overrides)
+    if args.backbone_weights:
+        check_one_backbone(matrix, args.backbone_weights)
     runs_dir = Path(args.runs_dir).resolve()
     out = Path(args.out).resolve()
     progress = not args.no_progress and sys.stderr.isatty()
@@ -223,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
     if inspecting:
         print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status)
         return 0
+    check_paper_requirements(matrix)  # stuff maps, ImageNet weights: before anything is submitted
 
     check_outputs(tables, runs_dir, out)
     executor = make_executor(executor_name, runs_dir=runs_dir, jobs=args.jobs, progress=progress,

@@ -131,7 +131,15 @@ def run_config_for(row: RowSpec, scale: str, data_root: Path, seed: int = 0,
         image_scale=default_image_scale(scale),
         schedule=default_schedule(scale, SCHEDULE),
     )
-    return _apply_overrides(config, overrides or {})
+    config = _apply_overrides(config, overrides or {})
+    from scnet.engine.semantic_classes import with_semantic_classes
+
+    try:
+        # The semantic head's classes come from the data (183 with COCO-stuff at paper scale) and are
+        # part of the run id; whether the maps are there is checked before anything runs.
+        return with_semantic_classes(config)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(f"--data {data_root}: {exc}") from None
 
 
 def build_matrix(tables: Sequence[str], scale: str, data_root: Path, seeds: int = 1,

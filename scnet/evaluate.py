@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                                    num_workers=args.workers,
                                    eval=EvalConfig(split=args.eval_split or "val", max_images=args.eval_max_images))
             run_dir = args.out
+            from scnet.engine.semantic_classes import with_semantic_classes
+
+            # The head's classes as training on this data gives them, never the evaluated split's maps.
+            run_config = with_semantic_classes(run_config)
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
     from scnet.engine.runner import evaluate_run

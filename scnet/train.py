@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="train this many epochs (lr steps stay as scheduled)")
     parser.add_argument("--max-iters", type=int, help="train this many iterations (lr steps scaled along)")
     parser.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
-    parser.add_argument("--no-amp", action="store_true", help="float32 training on CUDA")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision on CUDA (default: float32, as the paper; part of the run id)")
+    parser.add_argument("--no-amp", action="store_true", help=argparse.SUPPRESS)  # float32 is the default now
+    parser.add_argument("--backbone-weights", type=Path, metavar="PATH",
+                        help="ImageNet weights for the backbone trunk (default at paper scale: MMDetection's "
+                             "published file in $TORCH_HOME/hub/checkpoints, see python -m scnet.weights)")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--resume", action="store_true",
                         help="require checkpoints/last.pth to exist (runs always resume from it when it does)")
@@ -61,11 +66,17 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if changes:
         schedule = schedule.replace(name=f"{schedule.name}*", **changes)
     image_scale = tuple(args.image_scale) if args.image_scale else default_image_scale(scale)
-    return RunConfig(preset=args.preset, data_root=args.data, scale=scale, model_flags=model_flags(args),
-                     seed=args.seed, image_scale=image_scale, schedule=schedule, num_workers=args.workers,
-                     amp=not args.no_amp,
-                     eval=EvalConfig(split=args.eval_split or "val", max_images=args.eval_max_images,
-                                     enabled=not args.no_eval))
+    if args.amp and args.no_amp:
+        raise ConfigError("give --amp or --no-amp, not both")
+    config = RunConfig(preset=args.preset, data_root=args.data, scale=scale, model_flags=model_flags(args),
+                       seed=args.seed, image_scale=image_scale, schedule=schedule, num_workers=args.workers,
+                       amp=args.amp,
+                       backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
+                       eval=EvalConfig(split=args.eval_split or "val", max_images=args.eval_max_images,
+                                       enabled=not args.no_eval))
+    from scnet.engine.semantic_classes import with_semantic_classes
+
+    return with_semantic_classes(config)  # stuff maps are checked when training starts
 
 
 def main(argv: list[str] | None = None) -> int:

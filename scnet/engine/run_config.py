@@ -200,8 +200,19 @@ class RunConfig:
     image_scale: tuple[int, int] | None = None  # (long, short); None: default_image_scale(scale)
     schedule: Schedule | None = None  # None: "smoke" at smoke scale, the paper's "20e" at paper scale
     num_workers: int = 2
-    amp: bool = True
+    # fp32 unless asked: the paper and MMDetection's configs train in float32. Mixed precision (CUDA only;
+    # CPU runs are always fp32) is an opt-in speed-up that changes the numbers, hence part of the run id.
+    amp: bool = False
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # ImageNet file for the backbone trunk. None: the published file MMDetection uses, from torch's hub
+    # cache, at paper scale; random initialisation at smoke scale (scnet.weights.backbone_init).
+    backbone_weights: str | None = None
+    # SHA-256 of `backbone_weights`, filled in when the config is made: the run's identity holds the
+    # file's content, not its path, and training refuses a file that changed since.
+    backbone_weights_sha256: str | None = None
+    # Classes of the semantic head (semantic models), fixed from the training data when the run is made
+    # (scnet.engine.semantic_classes); None: taken from the training split (older configs).
+    num_semantic_classes: int | None = None
 
     def __post_init__(self) -> None:
         where = "run config field"
@@ -233,8 +244,35 @@ class RunConfig:
             object.__setattr__(self, "eval", EvalConfig.from_dict(self.eval))
         if not isinstance(self.eval, EvalConfig):
             raise ConfigError(f"{where} 'eval' must be an object (the evaluation's fields), found {self.eval!r}")
+        self._resolve_backbone_weights()
+        if self.num_semantic_classes is not None:
+            if (not isinstance(self.num_semantic_classes, int) or isinstance(self.num_semantic_classes, bool)
+                    or self.num_semantic_classes < 2):
+                raise ConfigError(f"run config: 'num_semantic_classes' must be an integer >= 2 or null, "
+                                  f"found {self.num_semantic_classes!r}")
+            flagged = self.model_flags.get("num_semantic_classes")
+            if flagged is not None and flagged != self.num_semantic_classes:
+                raise ConfigError(f"run config: 'num_semantic_classes' is {self.num_semantic_classes} but "
+                                  f"model_flags say {flagged}; give it once")
         # Fail now, naming the flag, rather than in a worker process an hour later.
         self.model_config()
+
+    def _resolve_backbone_weights(self) -> None:
+        """An absolute path and its SHA-256 (read once, when the run is configured)."""
+        if self.backbone_weights is None:
+            if self.backbone_weights_sha256 is not None:
+                raise ConfigError("run config: 'backbone_weights_sha256' without 'backbone_weights'")
+            return
+        from pathlib import Path
+
+        from scnet.weights.digest import file_sha256
+
+        path = Path(self.backbone_weights).expanduser().absolute()
+        object.__setattr__(self, "backbone_weights", str(path))
+        if self.backbone_weights_sha256 is None:
+            if not path.is_file():
+                raise ConfigError(f"run config: 'backbone_weights' {path}: no such file")
+            object.__setattr__(self, "backbone_weights_sha256", file_sha256(path))
 
     def __hash__(self) -> int:
         return hash(self.run_id())
@@ -243,7 +281,8 @@ class RunConfig:
         """The resolved ModelConfig; `data_flags` (num_classes...) come from the dataset unless overridden."""
         from scnet.presets import resolve_config
 
-        flags = {**data_flags, **self.model_flags}
+        fixed = {} if self.num_semantic_classes is None else {"num_semantic_classes": self.num_semantic_classes}
+        flags = {**data_flags, **fixed, **self.model_flags}
         return resolve_config(self.preset, **flags)
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,8 +304,9 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def identity(self) -> dict[str, Any]:
-        """What makes two runs the same: the resolved network instead of its spelling; no speed,
-        logging or label fields (`num_workers`, the schedule's `name`, `checkpoint_every`, `log_every`)."""
+        """What makes two runs the same: the resolved network instead of its spelling, the backbone file
+        by content (`backbone_init`) instead of its path; no speed, logging or label fields
+        (`num_workers`, the schedule's `name`, `checkpoint_every`, `log_every`)."""
         out = self.to_dict()
         for key in _NOT_IDENTITY:
             out.pop(key, None)
@@ -274,8 +314,25 @@ class RunConfig:
             out["schedule"].pop(key, None)
         out.pop("preset")
         out.pop("model_flags")
+        out.pop("backbone_weights")
+        out.pop("backbone_weights_sha256")
+        out["backbone_init"] = self.backbone_init()
         out["model"] = self.model_config().to_dict()
         return json.loads(json.dumps(out))
+
+    def backbone_init(self) -> str:
+        """What the trunk starts from, by content: a published file's name (its hash is in the name),
+        `sha256:<digest>` for another file, or "random" (smoke scale)."""
+        from scnet.weights.published import published_for
+
+        published = published_for(self.model_config().backbone)
+        if self.backbone_weights is not None:
+            if published is not None and self.backbone_weights_sha256.startswith(published.sha256_prefix):
+                return published.file_name
+            return f"sha256:{self.backbone_weights_sha256}"
+        if self.scale == "paper" and published is not None:
+            return published.file_name
+        return "random"
 
     def run_id(self) -> str:
         """A stable 12-hex-digit hash of the canonical JSON of `identity()`."""

@@ -27,9 +27,11 @@ from scnet.engine.inference import gather_inference, run_inference
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog
 from scnet.engine.seeding import seed_everything
+from scnet.engine.semantic_classes import check_training_classes
 from scnet.engine.trainer import iou_summary, train
 from scnet.records import (RESULT_FILE, IoURecorder, RecordError, read_config, read_result, write_config,
                            write_env, write_result)
+from scnet.weights.backbone_init import init_backbone
 
 # Detections at or above this IoU with a same-class ground truth: the inference counterpart of the
 # training positives (whose IoU is >= the first stage's 0.5 threshold) for Figure 1.
@@ -88,8 +90,9 @@ def build_dataset(run_config: RunConfig, split: str, *, train: bool) -> Any:
 
 
 def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
-    """The network with the dataset's class counts (unless model_flags set them), seeded identically
-    on every rank and in every attempt of the run."""
+    """The network with the dataset's class counts (unless the run config fixes them: its
+    `num_semantic_classes` wins over the evaluated split's maps), seeded identically on every rank and
+    in every attempt of the run."""
     from scnet import build_model
 
     data_flags: dict[str, Any] = {"num_classes": dataset.num_classes}
@@ -223,7 +226,13 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
             _write_config_once(run_dir, run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
                                                    device=describe_device(chosen)))
-        model = build_run_model(run_config, train_set).to(chosen)
+        check_training_classes(run_config, train_set)
+        model = build_run_model(run_config, train_set)
+        if not last_checkpoint_path(run_dir).exists():  # a resumed run's checkpoint holds the trunk
+            loaded = init_backbone(model, run_config)
+            if loaded is not None and distributed.rank() == 0:
+                RunLog(run_dir).info(f"backbone initialised from {loaded}")
+        model = model.to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
         outcome = train(model, train_set, collate_fn=_collate(), run_config=run_config, run_dir=run_dir,
                         device=chosen, recorder=recorder, progress=progress)

@@ -1,0 +1,5 @@
+import sys
+
+from scnet.weights.fetch import main
+
+sys.exit(main())
