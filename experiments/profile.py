@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from experiments.runspec import UsageError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package (pyproject pins it for < 3.11)
+    import tomli as tomllib
 
 # key -> (types accepted, what to write in the error message)
 _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
