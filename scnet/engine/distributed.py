@@ -37,25 +37,13 @@ class DistEnv:
 
 
 def expand_slurm_nodelist(nodelist: str) -> list[str]:
-    """'gpu[01-03,07],login1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu07', 'login1'] (zero padding kept)."""
-    hosts: list[str] = []
-    for match in re.finditer(r"([^,\[]+)(\[([^\]]*)\])?(?:,|$)", nodelist.strip()):
-        prefix, ranges = match.group(1), match.group(3)
-        if not prefix:
-            continue
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            if "-" in part:
-                start, end = part.split("-", 1)
-                width = len(start)
-                hosts.extend(f"{prefix}{i:0{width}d}" for i in range(int(start), int(end) + 1))
-            else:
-                hosts.append(f"{prefix}{part}")
-    if not hosts:
-        raise ValueError(f"SLURM_NODELIST={nodelist!r}: no host names found")
-    return hosts
+    """'gpu[01-03,07],rack[1-2]-node[01-02]' -> host names in Slurm's order (see scnet.engine.hostlist)."""
+    from scnet.engine.hostlist import expand_hostlist
+
+    try:
+        return expand_hostlist(nodelist)
+    except ValueError as exc:
+        raise ValueError(f"SLURM_NODELIST={nodelist!r}: {exc}") from None
 
 
 def _int(env: Mapping[str, str], key: str) -> int:
