@@ -8,6 +8,8 @@ through `on_end`; they never stop the other runs.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -54,12 +56,32 @@ def claim_run(run_dir: Path, on_end: OnEnd) -> RunLock | None:
     return lock
 
 
+def loader_workers(cpus_per_task: int) -> int:
+    """Data-loading processes for a task with this many cores: all but the one that trains."""
+    return max(0, cpus_per_task - 1)
+
+
+def cpus_of_this_task(env: dict[str, str] | None = None) -> int | None:
+    """The cores SLURM gave this task (SLURM_CPUS_PER_TASK), None outside a job that set them."""
+    raw = (os.environ if env is None else env).get("SLURM_CPUS_PER_TASK", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
 def train_in_this_process(run_dir: Path, *, progress: bool) -> dict:
-    """Train the run in `run_dir` from its config.json, resuming from its last checkpoint if any."""
+    """Train the run in `run_dir` from its config.json, resuming from its last checkpoint if any.
+
+    In a SLURM task the data loaders follow the task's cores (`cpus_per_task` of the profile), not
+    the config's default: `num_workers` changes speed only, never the run's identity or numbers.
+    """
     from scnet.engine import RunConfig, run_training
     from scnet.records import read_config
 
     config = RunConfig.from_dict(read_config(run_dir))
+    cpus = cpus_of_this_task()
+    if cpus is not None and loader_workers(cpus) != config.num_workers:
+        print(f"[harness] {cpus} CPUs per task: {loader_workers(cpus)} data-loading workers "
+              f"(config.json says {config.num_workers})", file=sys.stderr, flush=True)
+        config = config.replace(num_workers=loader_workers(cpus))
     return run_training(config, Path(run_dir), progress=progress)
 
 

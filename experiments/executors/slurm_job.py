@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from experiments.locking import RunLock, lock_holder
+from experiments.locking import RunLock, RunLockedError, lock_holder
 from experiments.status import LOG_FILE, write_attempt
 
 
@@ -53,7 +53,11 @@ class TrainingJob:
         lock = RunLock(run_dir)
         if rank == 0:
             if not lock.try_acquire():
-                # Another job or process trains this run; leave its records alone.
+                # Another job or process trains this run; leave its records alone. With other tasks
+                # in this job, fail: srun --kill-on-bad-exit=1 (the profile's srun_args) then ends
+                # them at once, instead of leaving them waiting for rank 0 in the rendezvous.
+                if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+                    raise RunLockedError(run_dir, lock_holder(run_dir))
                 return f"{run_dir}: already being trained ({lock_holder(run_dir)}); nothing to do"
             write_attempt(run_dir, "started", "slurm", slurm_job_id=_job_id(), restarts=restarts)
             with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
