@@ -109,7 +109,8 @@ class SlurmProfile:
     def resources(self) -> dict[str, Any]:
         """What one run asks of the cluster, in words a cluster admin reads (for --dry-run)."""
         return {"nodes": self.nodes, "tasks": self.world_size, "gpus": self.nodes * self.gpus_per_node,
-                "gpu_type": self.gpu_type, "cpus": self.world_size * self.cpus_per_task if self.cpus_per_task else None,
+                "gpu_type": self.gpu_type, "cpus_per_task": self.cpus_per_task,
+                "cpus": self.world_size * self.cpus_per_task if self.cpus_per_task else None,
                 "mem_per_node": _mem(self.mem_gb) if self.mem_gb is not None else None,
                 "time_min": self.time_min}
 
