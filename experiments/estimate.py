@@ -27,15 +27,16 @@ class RunEstimate:
     iterations: int
     images: int
     gpus: int
-    gpu_hours: float | None  # None without GPUs
-    wall_hours: float | None
+    gpu_hours: float  # the same on any number of GPUs (the throughput is per GPU)
+    wall_hours: float | None  # None when no GPU is asked for
     jobs: int | None  # jobs of the profile's time limit the run needs (1 + requeues)
 
-    def describe(self, images_per_s_per_gpu: float) -> str:
-        text = f"{self.iterations:,} iterations x {self.images // max(self.iterations, 1)} images"
-        if self.gpu_hours is None:
-            return text + " (no GPUs asked: no GPU-hour estimate)"
-        text += f": ~{self.gpu_hours:,.0f} GPU-h (~{self.wall_hours:,.1f} h on {self.gpus} GPU(s)"
+    def describe(self) -> str:
+        text = (f"{self.iterations:,} iterations x {self.images // max(self.iterations, 1)} images: "
+                f"~{self.gpu_hours:,.0f} GPU-h")
+        if self.wall_hours is None:
+            return text + " (but no GPU is asked for here)"
+        text += f" (~{self.wall_hours:,.1f} h on {self.gpus} GPU(s)"
         if self.jobs is not None:
             text += f", {self.jobs} job(s) of the time limit"
         return text + ")"
@@ -47,9 +48,9 @@ def estimate_run(config: RunConfig, gpus: int, *, images_per_s_per_gpu: float = 
     schedule = config.schedule
     iterations = schedule.total_iters(max(1, train_images // schedule.batch_size))
     images = iterations * schedule.batch_size
-    if gpus < 1:
-        return RunEstimate(iterations, images, 0, None, None, None)
     gpu_hours = images / images_per_s_per_gpu / 3600.0
+    if gpus < 1:
+        return RunEstimate(iterations, images, 0, gpu_hours, None, None)
     wall_hours = gpu_hours / gpus
     jobs = math.ceil(wall_hours * 60 / time_limit_min) if time_limit_min else None
     return RunEstimate(iterations, images, gpus, gpu_hours, wall_hours, jobs)

@@ -127,7 +127,7 @@ class ClusterPlan:
         if self.scale == "paper":
             estimate = estimate_run(spec.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu,
                                     time_limit_min=self.time_limit_min)
-            lines.append(f"cost: {estimate.describe(self.images_per_s_per_gpu)}")
+            lines.append(f"cost: {estimate.describe()}")
             if estimate.jobs is not None and self.max_requeue is not None and estimate.jobs - 1 > self.max_requeue:
                 lines.append(f"WARNING: needs {estimate.jobs - 1} requeues, more than max_requeue={self.max_requeue}; "
                              "raise max_requeue or time in the profile")
@@ -139,15 +139,12 @@ class ClusterPlan:
     def footer(self, matrix: list[RunSpec], todo: list[RunSpec]) -> list[str]:
         if self.scale != "paper":
             return []
-        def total(specs: list[RunSpec]) -> float | None:
-            hours = [estimate_run(s.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu).gpu_hours
-                     for s in specs]
-            return None if any(h is None for h in hours) else sum(h or 0.0 for h in hours)
+        def total(specs: list[RunSpec]) -> float:
+            return sum(estimate_run(s.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu).gpu_hours
+                       for s in specs)
         everything, remaining = total(matrix), total(todo)
-        if everything is None:
-            return ["total: no GPUs asked, so no GPU-hour estimate"]
         at_once = ""
-        if self.runs_at_once and todo:
+        if self.runs_at_once and todo and self.gpus:
             runs = min(len(todo), self.runs_at_once)
             at_once = f"; at most {runs * self.gpus} GPUs at once ({runs} run(s) of {self.gpus})"
         return [f"total: ~{everything:,.0f} GPU-h for {len(matrix)} run(s); still to run: ~{remaining:,.0f} GPU-h "

@@ -222,3 +222,15 @@ def test_two_ranks_train_one_run_on_the_cpu(tmp_path, smoke_data):
     assert [s.state for s in ended] == [State.DONE], (run_dir / "log.txt").read_text()[-3000:]
     result = read_result(run_dir)
     assert result["train"]["processes"] == 2 and result["timing"]["iterations"] == 2
+
+
+def test_paper_dry_run_without_a_profile_describes_this_machine(tmp_path):
+    coco = _fake_coco(tmp_path / "coco")
+    done = subprocess.run([sys.executable, "-m", "experiments.run", "table3", "--dry-run", "--scale", "paper",
+                           "--data", str(coco), "--runs-dir", str(tmp_path / "runs")], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("asks: this machine: one process per run, no GPU set aside") == 3
+    assert done.stdout.count("~163 GPU-h (but no GPU is asked for here)") == 3
+    assert "total: ~489 GPU-h for 3 run(s)" in done.stdout
