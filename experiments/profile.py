@@ -83,9 +83,9 @@ class SlurmProfile:
         return self.nodes * self.tasks_per_node
 
     def gpu_request(self) -> tuple[str, int | str] | None:
-        """The GPU request as (sbatch option, value), in the spelling the profile used: sites that
-        only honour --gres get --gres; every other spelling becomes --gpus-per-node, which keeps
-        all of a node's GPUs visible to all its tasks (NCCL peer-to-peer between them)."""
+        """The GPU request as (sbatch option, value): --gres when the profile wrote `gres` (some
+        sites honour only that), else --gpus-per-node, which keeps all of a node's GPUs visible to
+        all its tasks (NCCL peer-to-peer between them; --gpus-per-task would hide them)."""
         if not self.gpus_per_node and not self.other_gres:
             return None
         typed = f"{self.gpu_type}:{self.gpus_per_node}" if self.gpu_type else str(self.gpus_per_node)
