@@ -80,8 +80,8 @@ class _IoUBuffer:
     def flush(self) -> None:
         local = {tag: torch.cat(parts).cpu().numpy() for tag, parts in self.pending.items()}
         self.pending.clear()
-        parts = distributed.all_gather_objects(local)
-        if distributed.rank() != 0:
+        parts = distributed.gather_to_main(local)
+        if parts is None:
             return
         for tag in sorted({tag for part in parts for tag in part}):
             for part in parts:
@@ -230,8 +230,8 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
 
     def save(iteration: int) -> None:
         ious.flush()
-        states = distributed.all_gather_objects(capture_rng_state())
-        log_windows = distributed.all_gather_objects(window.state_dict())
+        states = distributed.gather_to_main(capture_rng_state())
+        log_windows = distributed.gather_to_main(window.state_dict())
         if is_main:
             save_checkpoint(checkpoint_path, {
                 "iteration": iteration, "total_iters": total, "iters_per_epoch": per_epoch,
