@@ -6,6 +6,7 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT come from the environment. MODE:
 - `dataset-error`: rank 1's dataset raises on its 3rd sample;
 - `nan-loss`: rank 1's model returns a NaN loss at its 3rd forward;
 - `stop`: rank 1 alone is asked to stop (as by USR2) while loading its 3rd sample;
+- `hang`: rank 1 hangs (sleeps) while loading its 3rd sample, as a rank stuck in I/O would;
 - `ok`: no fault (a normal run with evaluation).
 Exit status: 0 when the run finished, 3 on TrainingInterrupted, 1 on any other exception (its type
 and message printed as 'FAILED <type>: <message>').
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,8 @@ class _FaultyDataset:
                 raise OSError(f"injected: cannot read image {index}")
             if self.mode == "stop":
                 preemption.request_stop("injected stop request")
+            if self.mode == "hang":
+                time.sleep(3600)
         return self.inner[index]
 
 

@@ -99,19 +99,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _two_ranks(mode: str, run_dir: Path) -> list[tuple[int, str]]:
-    """Run both ranks of the worker; (exit status, output) per rank. The collective timeout is an
-    hour, so a rank left waiting for a failed peer would show up as this call's timeout."""
+def _start_ranks(mode: str, run_dir: Path, timeout_s: int) -> list[subprocess.Popen]:
     port = str(_free_port())
     processes = []
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
-               "SCNET_COLLECTIVE_TIMEOUT_S": "3600",
+               "SCNET_COLLECTIVE_TIMEOUT_S": str(timeout_s),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         processes.append(subprocess.Popen([sys.executable, "-m", "tests.engine_rank_worker", mode, str(run_dir)],
                                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True))
+    return processes
+
+
+def _two_ranks(mode: str, run_dir: Path) -> list[tuple[int, str]]:
+    """Run both ranks of the worker; (exit status, output) per rank. The collective timeout is an
+    hour, so a rank left waiting for a failed peer would show up as this call's timeout."""
+    processes = _start_ranks(mode, run_dir, 3600)
     try:
         outputs = [p.communicate(timeout=300)[0] for p in processes]
     finally:
@@ -132,6 +137,32 @@ def test_one_failing_rank_stops_the_other_at_once(shapes, tmp_path, mode, error)
     assert "FAILED PeerRankFailed: rank 0: stopping at iteration 2 because rank 1 failed" in out0, out0[-3000:]
     assert [row["iter"] for row in read_metrics(run_dir)] == [1, 2]  # rank 0 logged what both completed
     assert not (run_dir / "result.json").exists()
+
+
+def test_a_hung_rank_stops_the_other_at_the_short_collective_timeout(shapes, tmp_path):
+    run_dir = tmp_path / "run"
+    write_config(run_dir, _config(shapes).to_dict())
+    rank0, rank1 = _start_ranks("hang", run_dir, 10)
+    try:
+        out0 = rank0.communicate(timeout=300)[0]
+        assert rank1.poll() is None  # still stuck in its dataset
+    finally:
+        for process in (rank0, rank1):
+            if process.poll() is None:
+                process.kill()
+        rank1.communicate()
+    assert rank0.returncode == 1, out0[-3000:]
+    assert "FAILED" in out0 and "imed out" in out0, out0[-3000:]  # gloo: "Timed out waiting 10000ms ..."
+
+
+def test_collective_timeout_comes_from_the_environment():
+    from scnet.engine.distributed import collective_timeout
+
+    assert collective_timeout({}).total_seconds() == 120
+    assert collective_timeout({"SCNET_COLLECTIVE_TIMEOUT_S": "30"}).total_seconds() == 30
+    for bad in ("soon", "0"):
+        with pytest.raises(ValueError, match="SCNET_COLLECTIVE_TIMEOUT_S"):
+            collective_timeout({"SCNET_COLLECTIVE_TIMEOUT_S": bad})
 
 
 def test_a_stop_request_on_one_rank_checkpoints_both_and_the_resume_repeats_nothing(shapes, tmp_path):
