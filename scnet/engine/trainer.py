@@ -249,9 +249,9 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
                 epoch, start_batch = divmod(iteration, per_epoch)
                 loader = _make_loader(dataset, collate_fn=collate_fn, run_config=run_config, epoch=epoch,
                                       start_batch=start_batch, device=device)
+                fetch_start = time.perf_counter()  # the first fetch includes starting the workers
                 batches = iter(loader)
                 while iteration < total:
-                    fetch_start = time.perf_counter()
                     error: BaseException | None = None
                     try:
                         images, targets, _metas = next(batches)
@@ -313,6 +313,7 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
                         window = _LossWindow()
                     if iteration % schedule.checkpoint_every == 0 or iteration == total:
                         save(iteration)
+                    fetch_start = time.perf_counter()
         # A stop asked for during the last step: the final checkpoint is saved; let the caller requeue
         # rather than start an evaluation the time limit may cut.
         if start_iter < total and _stop_if_any_failed(None, iteration, stop=preemption.stop_requested()):
