@@ -56,7 +56,8 @@ def cuda_usable() -> tuple[bool, str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = torch.cuda.is_available() and torch.cuda.device_count() > 0
-    complaint = " ".join(str(w.message).strip() for w in caught if "CUDA" in str(w.message) or "driver" in str(w.message))
+    complaint = " ".join(str(w.message).strip() for w in caught
+                         if "CUDA" in str(w.message) or "driver" in str(w.message))
     return available, complaint
 
 
