@@ -5,17 +5,46 @@ The lock is `fcntl.flock` on `RUN_DIR/run.lock`. The kernel drops it when the ho
 written into the file only to tell the user who holds it. A lock file descriptor may be inherited by
 a child process (the local executor passes it to `python -m scnet.train`), which then keeps the run
 locked for as long as it lives, even if the harness that started it is killed.
+
+Some shared filesystems refuse flock (Lustre mounted without `flock`, some NFS set-ups: ENOLCK,
+EOPNOTSUPP, ENOSYS). There the lock falls back to `RUN_DIR/run.lock.owner`, created with O_EXCL
+(atomic on NFSv3+ and Lustre) and holding `pid=.. host=..`. Nothing drops that file when its holder
+dies, so the holder refreshes its mtime every minute and a contender treats it as stale when the
+holder's pid is gone (same host) or the file has not been refreshed for `STALE_S` (another host).
+A flock holder also respects a live owner file, so mixed mounts of one filesystem still exclude.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 
+from experiments.runspec import UsageError
+
 LOCK_FILE = "run.lock"
+OWNER_FILE = "run.lock.owner"
 _PROBE_RETRIES = 3
+# flock errors that mean "this filesystem does not do flock", not "someone holds the lock".
+FLOCK_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+HEARTBEAT_S = 60.0
+STALE_S = 15 * 60.0
+
+
+class LockUnavailableError(UsageError):
+    """Neither flock nor an exclusive-create lock file works in the run directory."""
+
+
+def _holder_text(pid: int, note: str = "") -> str:
+    return f"pid={pid} host={socket.gethostname()} since={time.strftime('%Y-%m-%dT%H:%M:%S')}{note}\n"
+
+
+def _flock_unsupported(exc: OSError) -> bool:
+    return not isinstance(exc, BlockingIOError) and exc.errno in FLOCK_UNSUPPORTED
 
 
 class RunLock:
@@ -24,11 +53,20 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
+        self.owner_path = self.run_dir / OWNER_FILE
         self._fd: int | None = None
+        self._fallback = False  # True: held through the owner file, not flock
+        self._token = ""
+        self._stop_heartbeat: threading.Event | None = None
 
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    @property
+    def uses_fallback(self) -> bool:
+        """Held through `run.lock.owner` because the filesystem refused flock."""
+        return self._fallback
 
     def fileno(self) -> int:
         if self._fd is None:
@@ -36,11 +74,11 @@ class RunLock:
         return self._fd
 
     def try_acquire(self) -> bool:
-        """Take the lock if free; False (without waiting) if another open file holds it."""
+        """Take the lock if free; False (without waiting) if another process holds it."""
         if self._fd is not None:
             return True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         # A few quick retries: `lock_holder` probes hold a shared lock for an instant.
         for attempt in range(_PROBE_RETRIES):
             try:
@@ -51,16 +89,62 @@ class RunLock:
                     os.close(fd)
                     return False
                 time.sleep(0.02)
+            except OSError as exc:
+                os.close(fd)
+                if _flock_unsupported(exc):
+                    return self._acquire_owner_file(exc)
+                raise LockUnavailableError(f"{self.path}: cannot lock the run directory ({exc})") from None
+        if _live_owner(self.owner_path) is not None:  # a process on a mount without flock holds it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            return False
         self._fd = fd
         self.describe_holder(os.getpid())
         return True
 
+    # ------------------------------------------------------------------------------- the fallback
+    def _acquire_owner_file(self, cause: OSError) -> bool:
+        self._token = uuid.uuid4().hex
+        text = _holder_text(os.getpid(), f" lock=owner-file token={self._token}")
+        for _ in range(2):  # a stale file is broken once, then creation is retried
+            try:
+                fd = os.open(self.owner_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                if not _break_if_stale(self.owner_path):
+                    return False
+                continue
+            except OSError as exc:
+                raise LockUnavailableError(
+                    f"{self.run_dir}: this filesystem refuses flock ({os.strerror(cause.errno)}) and an "
+                    f"exclusive lock file cannot be created either ({exc}); put --runs-dir on a filesystem "
+                    "with flock (e.g. mount Lustre with -o flock) or one that allows O_EXCL files") from None
+            os.pwrite(fd, text.encode(), 0)
+            self._fd, self._fallback = fd, True
+            self._start_heartbeat()
+            return True
+        return False
+
+    def _start_heartbeat(self) -> None:
+        stop = threading.Event()
+        path = self.owner_path
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                try:
+                    os.utime(path)
+                except OSError:
+                    return
+
+        threading.Thread(target=beat, name=f"run-lock-heartbeat {self.run_dir.name}", daemon=True).start()
+        self._stop_heartbeat = stop
+
+    # ---------------------------------------------------------------------------------- holders
     def describe_holder(self, pid: int) -> None:
         """Record who holds the lock (the harness, or the child it handed the lock to)."""
         fd = self.fileno()
-        text = f"pid={pid} host={socket.gethostname()} since={time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
+        note = f" lock=owner-file token={self._token}" if self._fallback else ""
         os.ftruncate(fd, 0)
-        os.pwrite(fd, text.encode(), 0)
+        os.pwrite(fd, _holder_text(pid, note).encode(), 0)
 
     def inheritable_fd(self) -> int:
         """The lock's descriptor, made inheritable for `subprocess.Popen(pass_fds=...)`."""
@@ -72,10 +156,16 @@ class RunLock:
         if self._fd is None:
             return
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._fallback:
+                if self._stop_heartbeat is not None:
+                    self._stop_heartbeat.set()
+                if f"token={self._token}" in _read(self.owner_path):  # still ours: not broken as stale
+                    self.owner_path.unlink(missing_ok=True)
+            else:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)
-            self._fd = None
+            self._fd, self._fallback, self._stop_heartbeat = None, False, None
 
     def __enter__(self) -> "RunLock":
         if not self.try_acquire():
@@ -95,12 +185,92 @@ class RunLockedError(RuntimeError):
         self.holder = holder
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+
+
+def _is_stale(path: Path, text: str) -> bool:
+    """A holder on this host is judged by its pid; one elsewhere by the age of its heartbeat."""
+    fields = _fields(text)
+    if fields.get("host") == socket.gethostname() and fields.get("pid", "").isdigit():
+        try:
+            os.kill(int(fields["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return age > STALE_S
+
+
+def _live_owner(path: Path) -> str | None:
+    """The owner file's text if it names a live holder; None if absent or stale."""
+    text = _read(path)
+    if text:
+        return None if _is_stale(path, text) else text
+    try:  # empty: a holder between create and write, or one that died there
+        fresh = time.time() - path.stat().st_mtime <= STALE_S
+    except FileNotFoundError:
+        return None
+    return "holder unknown (empty run.lock.owner)" if fresh else None
+
+
+def _break_if_stale(path: Path) -> bool:
+    """Remove a stale owner file; False if it is live. The file is renamed aside first and checked
+    again, so two contenders breaking the same stale lock cannot both remove a fresh one."""
+    text = _read(path)
+    if not text or not _is_stale(path, text):
+        return False if text else _break_empty(path)
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # someone else broke it; try to create ours
+    if _read(aside) != text:  # we moved a fresh lock taken meanwhile: put it back
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        aside.unlink(missing_ok=True)
+        return False
+    aside.unlink(missing_ok=True)
+    return True
+
+
+def _break_empty(path: Path) -> bool:
+    """An empty owner file is a holder that died between create and write; stale after STALE_S."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age <= STALE_S:
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
 def lock_holder(run_dir: str | os.PathLike) -> str | None:
     """Who holds the run's lock ('pid=.. host=.. since=..'), or None when nobody does.
 
     Probing takes a shared lock for an instant; if that fails, someone holds the exclusive one.
+    Where flock is refused, the owner file answers.
     """
-    path = Path(run_dir) / LOCK_FILE
+    run_dir = Path(run_dir)
+    owner = _live_owner(run_dir / OWNER_FILE)
+    if owner is not None:
+        return owner
+    path = run_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -111,6 +281,10 @@ def lock_holder(run_dir: str | os.PathLike) -> str | None:
         except BlockingIOError:
             text = os.pread(fd, 256, 0).decode(errors="replace").strip()
             return text or "holder unknown"
+        except OSError as exc:
+            if _flock_unsupported(exc):
+                return None  # flock cannot be held here; the owner file (absent or stale) said it all
+            raise
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

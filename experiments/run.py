@@ -22,9 +22,11 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from experiments.estimate import (COCO_TRAIN_IMAGES, DEFAULT_IMAGES_PER_S_PER_GPU, describe_resources,
+                                  estimate_run)
 from experiments.executors import EXECUTORS, make_executor
 from experiments.executors.base import wait_for_runs
-from experiments.profile import load_profile
+from experiments.profile import SlurmProfile, load_profile
 from experiments.requirements import check_one_backbone, check_paper_requirements
 from experiments.runspec import (SCALES, RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root,
                                  resolve_tables)
@@ -53,6 +55,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=None,
                         help="local executor: runs trained at once (default: one per CPU core at smoke scale, "
                              "each with one thread; 1 at paper scale)")
+    parser.add_argument("--gpus-per-run", type=int, default=None,
+                        help="local executor: GPUs per run, one training process each, torchrun-style (default: "
+                             "at paper scale all visible GPUs shared out over --jobs; at smoke scale one process)")
+    parser.add_argument("--images-per-s-per-gpu", type=float, default=DEFAULT_IMAGES_PER_S_PER_GPU,
+                        help="--dry-run at paper scale: the training throughput assumed for the GPU-hour "
+                             f"estimate (default {DEFAULT_IMAGES_PER_S_PER_GPU}, an assumption, not a measurement)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field for every run, e.g. --set schedule.max_iters=20 "
                              "(changes the runs' identity)")
@@ -76,7 +84,8 @@ def _flags_width(matrix: list[RunSpec]) -> int:
     return min(80, max((len(spec.describe()) for spec in matrix), default=10))
 
 
-def print_matrix(matrix: list[RunSpec], statuses: list[RunStatus], header: str, with_detail: bool) -> None:
+def print_matrix(matrix: list[RunSpec], statuses: list[RunStatus], header: str, with_detail: bool,
+                 plan: "ClusterPlan | None" = None) -> None:
     print(header)
     width = _flags_width(matrix)
     for spec, status in zip(matrix, statuses):
@@ -87,10 +96,110 @@ def print_matrix(matrix: list[RunSpec], statuses: list[RunStatus], header: str, 
                 extra = f"{extra}; log: {status.log}"
             if extra:
                 line += f"\n{'':14}{extra}"
+        if plan is not None:
+            line += "".join(f"\n{'':14}{text}" for text in plan.run_lines(spec))
         print(line)
     counts = Counter(status.state for status in statuses)
     summary = ", ".join(f"{counts[state]} {state.value}" for state in State if counts[state])
     print(f"{len(matrix)} run(s): {summary or 'none'}")
+    if plan is not None:
+        todo = [spec for spec, status in zip(matrix, statuses) if status.state in (State.PENDING, State.FAILED)]
+        for text in plan.footer(matrix, todo):
+            print(text)
+
+
+class ClusterPlan:
+    """Where each run would train and what it asks for: one job per run (one array per table on
+    SLURM) with `world` processes, one per GPU."""
+
+    def __init__(self, *, world: int, gpus: int, resources: str, scale: str, images_per_s_per_gpu: float,
+                 time_limit_min: int | None = None, max_requeue: int | None = None,
+                 runs_at_once: int | None = None, where: str = "") -> None:
+        self.world, self.gpus, self.resources, self.scale = world, gpus, resources, scale
+        self.where = where or resources
+        self.images_per_s_per_gpu = images_per_s_per_gpu
+        self.time_limit_min, self.max_requeue = time_limit_min, max_requeue
+        self.runs_at_once = runs_at_once
+
+    def batch_problem(self, spec: RunSpec) -> str | None:
+        batch = spec.config.schedule.batch_size
+        if batch % self.world:
+            return (f"schedule.batch_size={batch} (global) is not divisible by the run's {self.world} processes "
+                    f"({self.where}); ask for a number of GPUs that divides {batch}")
+        return None
+
+    def run_lines(self, spec: RunSpec) -> list[str]:
+        lines = [f"asks: {self.resources}"]
+        if self.scale == "paper":
+            estimate = estimate_run(spec.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu,
+                                    time_limit_min=self.time_limit_min)
+            lines.append(f"cost: {estimate.describe()}")
+            if estimate.jobs is not None and self.max_requeue is not None and estimate.jobs - 1 > self.max_requeue:
+                lines.append(f"WARNING: needs {estimate.jobs - 1} requeues, more than max_requeue={self.max_requeue}; "
+                             "raise max_requeue or time in the profile")
+        problem = self.batch_problem(spec)
+        if problem:
+            lines.append(f"PROBLEM: {problem}")
+        return lines
+
+    def footer(self, matrix: list[RunSpec], todo: list[RunSpec]) -> list[str]:
+        if self.scale != "paper":
+            return []
+        def total(specs: list[RunSpec]) -> float:
+            return sum(estimate_run(s.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu).gpu_hours
+                       for s in specs)
+        everything, remaining = total(matrix), total(todo)
+        at_once = ""
+        if self.runs_at_once and todo and self.gpus:
+            runs = min(len(todo), self.runs_at_once)
+            at_once = f"; at most {runs * self.gpus} GPUs at once ({runs} run(s) of {self.gpus})"
+        return [f"total: ~{everything:,.0f} GPU-h for {len(matrix)} run(s); still to run: ~{remaining:,.0f} GPU-h "
+                f"for {len(todo)} run(s){at_once}",
+                f"assumed: {self.images_per_s_per_gpu:g} training images/s per GPU (1333x800; not measured; "
+                f"--images-per-s-per-gpu to change) and {COCO_TRAIN_IMAGES:,} COCO train2017 images per epoch; "
+                "evaluation not included"]
+
+
+def slurm_plan(profile: SlurmProfile, scale: str, images_per_s_per_gpu: float) -> ClusterPlan:
+    resources = describe_resources(profile.resources(), f"sbatch, profile {profile.source}")
+    return ClusterPlan(world=profile.world_size, gpus=profile.nodes * profile.gpus_per_node, resources=resources,
+                       scale=scale, images_per_s_per_gpu=images_per_s_per_gpu, time_limit_min=profile.time_min,
+                       max_requeue=profile.max_requeue, runs_at_once=profile.array_parallelism,
+                       where=f"{profile.nodes} node(s) x {profile.tasks_per_node} task(s), profile {profile.source}")
+
+
+def local_gpu_groups(scale: str, jobs: int, gpus_per_run: int | None) -> list[tuple[str, ...]] | None:
+    """The GPUs of each run trained at once by the local executor (None: one process per run).
+
+    At paper scale every visible GPU is used, one process each (as torchrun would), shared out over
+    --jobs; at smoke scale only when --gpus-per-run asks for it."""
+    from experiments.executors.local import gpu_groups, visible_gpus
+
+    if gpus_per_run == 0 or (gpus_per_run is None and scale != "paper"):
+        return None
+    gpus = visible_gpus()
+    if not gpus:
+        if gpus_per_run:
+            raise UsageError(f"--gpus-per-run {gpus_per_run}: no CUDA GPU is visible on this machine")
+        return None
+    per_run = gpus_per_run if gpus_per_run is not None else len(gpus) // jobs
+    if per_run < 1:
+        raise UsageError(f"--jobs {jobs}: more runs at once than the {len(gpus)} visible GPU(s); lower --jobs")
+    try:
+        return gpu_groups(gpus, per_run, jobs)
+    except ValueError as exc:
+        raise UsageError(f"--gpus-per-run/--jobs: {exc} (CUDA_VISIBLE_DEVICES selects GPUs)") from None
+
+
+def local_plan(groups: list[tuple[str, ...]] | None, scale: str, images_per_s_per_gpu: float) -> ClusterPlan:
+    if groups:
+        resources = (f"this machine: {len(groups[0])} GPU(s) per run (CUDA_VISIBLE_DEVICES={','.join(groups[0])}"
+                     f"{' and others' if len(groups) > 1 else ''}), one process each")
+        return ClusterPlan(world=len(groups[0]), gpus=len(groups[0]), resources=resources, scale=scale,
+                           images_per_s_per_gpu=images_per_s_per_gpu, runs_at_once=len(groups),
+                           where=f"one per GPU of this machine's {len(groups[0])}-GPU group; --gpus-per-run to change")
+    return ClusterPlan(world=1, gpus=0, resources="this machine: one process per run, no GPU set aside",
+                       scale=scale, images_per_s_per_gpu=images_per_s_per_gpu)
 
 
 class Reporter:
@@ -217,6 +326,11 @@ def run(args: argparse.Namespace) -> int:
         args.jobs = (os.cpu_count() or 1) if args.scale == "smoke" else 1
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: need at least 1")
+    if args.gpus_per_run is not None and (args.gpus_per_run < 0 or executor_name != "local"):
+        raise UsageError(f"--gpus-per-run {args.gpus_per_run}: " + ("need 0 or more" if args.gpus_per_run < 0 else
+                         f"for the local executor only (on SLURM the profile says how many GPUs)"))
+    if args.images_per_s_per_gpu <= 0:
+        raise UsageError(f"--images-per-s-per-gpu {args.images_per_s_per_gpu}: need a positive number")
     profile = load_profile(args.profile) if args.profile else None
     data_root = resolve_data_root(args.scale, args.data)
     overrides = parse_overrides(args.set)
@@ -233,14 +347,26 @@ def run(args: argparse.Namespace) -> int:
     run_dirs = [spec.run_dir(runs_dir) for spec in matrix]
     header = f"{', '.join(tables)} at {args.scale} scale: {len(matrix)} run(s) in {runs_dir}"
 
+    groups = local_gpu_groups(args.scale, args.jobs, args.gpus_per_run) if executor_name == "local" else None
+    if profile is not None:
+        plan = slurm_plan(profile, args.scale, args.images_per_s_per_gpu)
+    else:
+        plan = local_plan(groups, args.scale, args.images_per_s_per_gpu)
+
     if inspecting:
-        print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status)
+        print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status,
+                     plan=plan if args.dry_run and (args.scale == "paper" or profile or groups) else None)
         return 0
+    # At submission, not an hour into the queue: every process of a run takes an equal share of the batch.
+    problems = [problem for spec in matrix if (problem := plan.batch_problem(spec))]
+    if problems:
+        raise UsageError(problems[0])
     check_paper_requirements(matrix)  # stuff maps, ImageNet weights: before anything is submitted
 
     check_outputs(tables, runs_dir, out)
-    executor = make_executor(executor_name, runs_dir=runs_dir, jobs=args.jobs, progress=progress,
-                             profile=profile, job_name=f"scnet-{'-'.join(tables)}"[:64])
+    executor = make_executor(executor_name, runs_dir=runs_dir, jobs=len(groups) if groups else args.jobs,
+                             progress=progress, profile=profile, job_name=f"scnet-{'-'.join(tables)}"[:64],
+                             gpu_groups=groups)
     if args.no_wait and not executor.supports_no_wait:
         raise UsageError(f"--no-wait needs an executor that runs outside this process (local or slurm), "
                          f"not {executor_name}")

@@ -130,8 +130,10 @@ def _headline(result: dict[str, Any]) -> str:
     return f"mask AP {fmt(metrics['segm']['AP'])}, box AP {fmt(metrics['bbox']['AP'])}"
 
 
-def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None) -> RunStatus:
-    """The run's state now; `queue` is a squeue snapshot (None: ask squeue if the run has a job)."""
+def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
+               queue_error: QueueError | None = None) -> RunStatus:
+    """The run's state now; `queue` is a squeue snapshot (None: ask squeue if the run has a job,
+    unless `queue_error` says squeue just failed)."""
     run_dir = Path(run_dir)
     log = run_dir / LOG_FILE
     invalid = ""
@@ -150,6 +152,8 @@ def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None) -> Run
     job_id = attempt.get("slurm_job_id")
     if job_id and attempt.get("state") in ("submitted", "started"):
         try:
+            if queue is None and queue_error is not None:
+                raise queue_error
             entry = (queue if queue is not None else query_queue({job_id})).get(job_id)
         except QueueError as exc:
             return RunStatus(run_dir, State.RUNNING, f"SLURM job {job_id}: state unknown ({exc})", log)
@@ -190,8 +194,8 @@ def _queue_alive(attempt: dict[str, Any]) -> bool:
     return True
 
 
-def run_statuses(run_dirs: Iterable[Path]) -> list[RunStatus]:
-    """Status of many runs with a single squeue call."""
+def run_statuses(run_dirs: Iterable[Path], queue_errors: list[QueueError] | None = None) -> list[RunStatus]:
+    """Status of many runs with a single squeue call; its failure, if any, is appended to `queue_errors`."""
     run_dirs = list(run_dirs)
     job_ids = set()
     for run_dir in run_dirs:
@@ -199,9 +203,12 @@ def run_statuses(run_dirs: Iterable[Path]) -> list[RunStatus]:
         if attempt.get("slurm_job_id"):
             job_ids.add(attempt["slurm_job_id"])
     queue: dict[str, QueueEntry] | None = {}
+    error: QueueError | None = None
     if job_ids:
         try:
             queue = query_queue(job_ids)
-        except QueueError:
-            queue = None  # each run then reports the error itself
-    return [run_status(d, queue) for d in run_dirs]
+        except QueueError as exc:
+            queue, error = None, exc  # each run then reports the error itself (without asking again)
+            if queue_errors is not None:
+                queue_errors.append(exc)
+    return [run_status(d, queue, error) for d in run_dirs]

@@ -58,6 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except OSError as exc:
         raise _output_error(path, exc) from exc
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; results are shared like any other file
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -109,6 +110,21 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
         raise OutputError(f"{what} {path}: cannot be created ({exc.strerror or exc}); choose a folder you can "
                           "write to", exc.errno) from exc
     return path
+
+
+def new_file_mode() -> int:
+    """0666 less the process's umask: the mode `open()` would give a new file, so collaborators on a
+    shared cluster can read results and checkpoints exactly as the user's umask allows."""
+    try:  # Linux >= 4.7 reports it without changing it
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting, then restore at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

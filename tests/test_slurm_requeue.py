@@ -4,10 +4,12 @@
 started (not root) the test is skipped with the reason; under CI (CI=true) that is a failure.
 
 The flow is the user's: submit with --no-wait (one array, two runs at once), preempt the first run
-once it has a checkpoint (USR2, as SLURM sends before a time limit or preemption: submitit calls
-`TrainingJob.checkpoint()` and requeues the job), then a second invocation gathers: it waits for
-both runs and prints Figure 1. The preempted run must resume from its checkpoint and log every
-iteration exactly once.
+while it trains (USR2, as SLURM sends before a time limit or preemption), then a second invocation
+gathers: it waits for both runs and prints Figure 1. Periodic checkpoints are set further apart
+than the run is long, so the only checkpoint the resumed job can start from is the one the signal
+made: the training loop saves the iteration it reached, then submitit calls
+`TrainingJob.checkpoint()` and requeues the job. The preempted run must resume from that
+iteration and log every iteration exactly once.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
-ITERS = 6
-TINY = ["--set", f"schedule.max_iters={ITERS}", "--set", "schedule.checkpoint_every=2", "--set", "schedule.log_every=1",
+ITERS = 12
+TINY = ["--set", f"schedule.max_iters={ITERS}", "--set", "schedule.checkpoint_every=1000", "--set", "schedule.log_every=1",
         "--set", "schedule.warmup_iters=1", "--set", "schedule.batch_size=1", "--set", "image_scale=[128,96]",
         "--set", "eval.enabled=false", "--set", "num_workers=0"]
 PROFILE = """
@@ -83,7 +85,10 @@ def _queue_state(job_id: str) -> tuple[str, str]:
 
 
 def _iterations(run_dir: Path) -> list[int]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [row["iter"] for row in rows]
 
 
@@ -113,9 +118,10 @@ def test_preempted_smoke_run_requeues_and_resumes_from_its_checkpoint(tmp_path, 
         assert (preempted / "submitit" / job_ids[0]).is_dir()
 
         last = preempted / "checkpoints" / "last.pth"
-        _wait(last.exists, 300, "the first checkpoint")
-        assert max(_iterations(preempted)) < ITERS, "the run finished before it could be preempted"
-        # Preemption: SLURM's warning signal; submitit checkpoints (our callable) and requeues the job.
+        _wait(lambda: len(_iterations(preempted)) >= 2, 300, "two training iterations", every=0.05)
+        assert not last.exists(), "a periodic checkpoint was written before the signal"
+        # Preemption: SLURM's warning signal. The loop checkpoints the iteration it reached, then
+        # submitit requeues the job (TrainingJob.checkpoint()).
         subprocess.run(["scancel", "--signal=USR2", job_ids[0]], check=True)
         _wait(lambda: _queue_state(job_ids[0])[0] == "PENDING", 120, "the requeued job to be pending")
         # A requeued job waits ~2 minutes before it is eligible again; let it start now.
@@ -130,9 +136,12 @@ def test_preempted_smoke_run_requeues_and_resumes_from_its_checkpoint(tmp_path, 
 
     result = read_result(preempted)
     resumed_from = result["train"]["resumed_from"]
-    assert 0 < resumed_from < ITERS
+    assert 2 <= resumed_from < ITERS, "the signal came after the run ended"
     log = (preempted / "log.txt").read_text()
     assert "start #2" in log, log  # the requeued job ran the same callable again
+    # The checkpoint the job resumed from is the one the signal made, at the iteration reached.
+    assert f"stopped at iteration {resumed_from}/{ITERS} (signal SIGUSR2); checkpoint saved" in log, log
+    assert f"checkpoint at iteration {resumed_from} saved on signal SIGUSR2; requeueing" in log, log
     assert f"resumed from {last} at iteration {resumed_from}/{ITERS}" in log
     assert log.count(f"training {ITERS} iterations") == 1  # not restarted from scratch
     # Every iteration exactly once: none lost to the preemption, none repeated after the resume.

@@ -15,8 +15,10 @@ __all__ = ["EXECUTORS", "make_executor"]
 
 
 def make_executor(name: str, *, runs_dir: Path, jobs: int = 1, progress: bool = True,
-                  profile: "SlurmProfile | None" = None, job_name: str = "scnet") -> "Executor":
-    """The executor called `name`; SLURM needs a profile (where and how big the jobs are)."""
+                  profile: "SlurmProfile | None" = None, job_name: str = "scnet",
+                  gpu_groups: list[tuple[str, ...]] | None = None) -> "Executor":
+    """The executor called `name`; SLURM needs a profile (where and how big the jobs are); the
+    local one trains each run on one GPU group (one process per GPU) when given `gpu_groups`."""
     if name == "inline":
         from experiments.executors.inline import InlineExecutor
 
@@ -24,7 +26,8 @@ def make_executor(name: str, *, runs_dir: Path, jobs: int = 1, progress: bool = 
     if name == "local":
         from experiments.executors.local import LocalExecutor
 
-        return LocalExecutor(jobs=jobs, progress=progress, queue_log_dir=Path(runs_dir) / ".local-queue")
+        return LocalExecutor(jobs=jobs, progress=progress, queue_log_dir=Path(runs_dir) / ".local-queue",
+                             gpu_groups=gpu_groups)
     if name == "slurm":
         from experiments.executors.slurm import SlurmExecutor
 

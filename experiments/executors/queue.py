@@ -1,6 +1,9 @@
 """What SLURM says about jobs: one `squeue` call for all runs, so status stays fast on many runs."""
 from __future__ import annotations
 
+import getpass
+import os
+import pwd
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -27,7 +30,27 @@ def slurm_available() -> bool:
 
 
 class QueueError(RuntimeError):
-    """squeue did not answer; the caller must not conclude that a job has ended."""
+    """squeue did not answer; the caller must not conclude that a job has ended.
+
+    `permanent`: squeue answered that it will never work as called (an option this Slurm lacks, an
+    unknown user), so waiting for it again is pointless.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# squeue's words for a call that can never succeed (as opposed to a controller that is busy or down).
+_PERMANENT_ERRORS = ("unrecognized option", "invalid option", "unknown option", "invalid user", "usage:")
+
+
+def current_user() -> str:
+    """The login name squeue filters on (`--me` needs Slurm 20.11; `--user` works everywhere)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
 
 
 def query_queue(job_ids: set[str] | None = None, timeout_s: float = 30.0) -> dict[str, QueueEntry]:
@@ -38,11 +61,13 @@ def query_queue(job_ids: set[str] | None = None, timeout_s: float = 30.0) -> dic
     """
     if not slurm_available():
         return {}
-    command = ["squeue", "--noheader", "--array", "--me", "--format=%i|%T|%r"]
+    command = ["squeue", "--noheader", "--array", f"--user={current_user()}", "--format=%i|%T|%r"]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=True).stdout
     except subprocess.CalledProcessError as exc:
-        raise QueueError(f"{' '.join(command)} failed: {exc.stderr.strip() or exc}") from None
+        words = (exc.stderr or "").strip() or str(exc)
+        permanent = any(marker in words.lower() for marker in _PERMANENT_ERRORS)
+        raise QueueError(f"{' '.join(command)} failed: {words}", permanent=permanent) from None
     except (subprocess.TimeoutExpired, OSError) as exc:
         raise QueueError(f"{' '.join(command)} failed: {exc}") from None
     entries: dict[str, QueueEntry] = {}

@@ -2,17 +2,25 @@
 
 submitit pickles a `TrainingJob` and runs it in every task of the job (one task per GPU); the
 trainer sets up torch.distributed from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. When SLURM
-announces the end of the time limit or a preemption (USR2, `signal_delay_s` before), submitit calls
-`checkpoint()`, which hands back a fresh `TrainingJob` for the same directory, and requeues the job;
-the requeued job resumes from the run's last checkpoint, which is all the state a run has.
+announces the end of the time limit or a preemption (USR2, `signal_delay_s` before), the training
+loop is asked to stop (`scnet.engine.preemption`): at the next step every rank joins a checkpoint
+of the iteration reached (rank 0 writes it after a barrier), then rank 0 hands over to submitit's
+own handler, which calls `checkpoint()` (a fresh `TrainingJob` for the same directory) and
+requeues the job. The requeued job resumes from that checkpoint: no iteration is lost or repeated.
+A signal outside training (data set-up, evaluation) goes straight to submitit's handler: the last
+checkpoint is then all the state there is.
+
+A job that was given GPUs (SLURM_JOB_GPUS and friends) and finds CUDA unusable stops at once with
+the driver and CUDA versions (`scnet.engine.device`), instead of training on the CPU.
 """
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
-from experiments.locking import RunLock, lock_holder
+from experiments.locking import RunLock, RunLockedError, lock_holder
 from experiments.status import LOG_FILE, write_attempt
 
 
@@ -53,14 +61,33 @@ class TrainingJob:
         lock = RunLock(run_dir)
         if rank == 0:
             if not lock.try_acquire():
-                # Another job or process trains this run; leave its records alone.
+                # Another job or process trains this run; leave its records alone. With other tasks
+                # in this job, fail: srun --kill-on-bad-exit=1 (the profile's srun_args) then ends
+                # them at once, instead of leaving them waiting for rank 0 in the rendezvous.
+                if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+                    raise RunLockedError(run_dir, lock_holder(run_dir))
                 return f"{run_dir}: already being trained ({lock_holder(run_dir)}); nothing to do"
             write_attempt(run_dir, "started", "slurm", slurm_job_id=_job_id(), restarts=restarts)
             with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
                 log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [harness] SLURM job {_job_id()} on "
                           f"{os.uname().nodename}, start #{restarts + 1}\n")
+        from scnet.engine import preemption
+
+        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
+        restore = preemption.install_stop_signal(signal.SIGUSR2, on_idle=requeue if callable(requeue) else None)
         try:
             train_in_this_process(run_dir, progress=False)
+        except preemption.TrainingInterrupted as stopped:
+            if rank == 0:
+                with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [harness] SLURM job {_job_id()}: "
+                              f"checkpoint at iteration {stopped.iteration} saved on {stopped.reason}; requeueing\n")
+                restore()
+                lock.release()
+                if callable(requeue):
+                    requeue(signal.SIGUSR2, None)  # submitit: checkpoint() + scontrol requeue + exit
+            # The other ranks end here; the requeue restarts every task.
+            return f"{run_dir}: stopped at iteration {stopped.iteration} for a requeue"
         except Exception as exc:
             if rank == 0:
                 write_attempt(run_dir, "failed", "slurm", slurm_job_id=_job_id(),
@@ -68,6 +95,7 @@ class TrainingJob:
             raise
         # SystemExit (submitit's requeue on preemption) passes through untouched: the job comes back.
         finally:
+            restore()
             lock.release()
         if rank == 0:
             write_attempt(run_dir, "finished", "slurm", slurm_job_id=_job_id())

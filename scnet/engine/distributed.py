@@ -4,6 +4,14 @@ torchrun exports RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; a SLURM job
 submitit with tasks_per_node > 1) exports SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the node
 list instead, so the rendezvous address is derived from the first node of SLURM_NODELIST and the
 port from the job id (every task of a job computes the same one) unless given.
+
+Two groups, two timeouts. The default group (NCCL on CUDA) carries the training step's collectives
+and times out after `SCNET_COLLECTIVE_TIMEOUT_S` (120 s): a rank that dies without a word (killed,
+crashed) stops the others within about that, rather than after an hour. Waits on rank 0's own long
+work (COCOeval on val2017, writing a checkpoint, making the smoke dataset) go through a second, gloo
+group with a 60-minute timeout (`patient_barrier`, `broadcast_object`, `gather_to_main`). A rank
+that fails with an exception says so through `agree` before the next collective, so the others
+stop at once (see `scnet.engine.trainer`).
 """
 from __future__ import annotations
 
@@ -37,25 +45,13 @@ class DistEnv:
 
 
 def expand_slurm_nodelist(nodelist: str) -> list[str]:
-    """'gpu[01-03,07],login1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu07', 'login1'] (zero padding kept)."""
-    hosts: list[str] = []
-    for match in re.finditer(r"([^,\[]+)(\[([^\]]*)\])?(?:,|$)", nodelist.strip()):
-        prefix, ranges = match.group(1), match.group(3)
-        if not prefix:
-            continue
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            if "-" in part:
-                start, end = part.split("-", 1)
-                width = len(start)
-                hosts.extend(f"{prefix}{i:0{width}d}" for i in range(int(start), int(end) + 1))
-            else:
-                hosts.append(f"{prefix}{part}")
-    if not hosts:
-        raise ValueError(f"SLURM_NODELIST={nodelist!r}: no host names found")
-    return hosts
+    """'gpu[01-03,07],rack[1-2]-node[01-02]' -> host names in Slurm's order (see scnet.engine.hostlist)."""
+    from scnet.engine.hostlist import expand_hostlist
+
+    try:
+        return expand_hostlist(nodelist)
+    except ValueError as exc:
+        raise ValueError(f"SLURM_NODELIST={nodelist!r}: {exc}") from None
 
 
 def _int(env: Mapping[str, str], key: str) -> int:
@@ -96,22 +92,54 @@ def detect_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
+COLLECTIVE_TIMEOUT_ENV = "SCNET_COLLECTIVE_TIMEOUT_S"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
+PATIENT_TIMEOUT = datetime.timedelta(minutes=60)
+
+_patient_group: Any = None
+
+
+def collective_timeout(env: Mapping[str, str] | None = None) -> datetime.timedelta:
+    """The training collectives' timeout: SCNET_COLLECTIVE_TIMEOUT_S seconds, else 120 s."""
+    env = os.environ if env is None else env
+    raw = env.get(COLLECTIVE_TIMEOUT_ENV)
+    if not raw:
+        return datetime.timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {COLLECTIVE_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"environment variable {COLLECTIVE_TIMEOUT_ENV}={raw!r} must be positive")
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
-    """Join the process group (nccl on CUDA, gloo on CPU); a no-op for one process."""
+    """Join the process group (nccl on CUDA, gloo on CPU) and the patient gloo group; a no-op for one process."""
+    global _patient_group
     if not dist_env.is_distributed or (dist.is_available() and dist.is_initialized()):
         return
     os.environ["MASTER_ADDR"] = dist_env.master_addr
     os.environ["MASTER_PORT"] = str(dist_env.master_port)
+    # NCCL honours its timeout only with asynchronous error handling: a hung collective then aborts
+    # the communicator and the process exits instead of blocking forever.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     backend = "nccl" if device.type == "cuda" else "gloo"
-    # Rank 0 alone runs COCOeval on val2017 (minutes) while the others wait in a collective; the
-    # default NCCL timeout (10 min) would kill them.
     dist.init_process_group(backend=backend, init_method="env://", rank=dist_env.rank,
-                            world_size=dist_env.world_size, timeout=datetime.timedelta(minutes=60))
+                            world_size=dist_env.world_size, timeout=collective_timeout())
+    _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
 
 
 def shutdown_distributed() -> None:
+    global _patient_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _patient_group = None
+
+
+def _patient() -> Any:
+    """The long-timeout gloo group (the default group if init_distributed did not make one)."""
+    return _patient_group if _patient_group is not None else dist.group.WORLD
 
 
 def is_initialized() -> bool:
@@ -131,12 +159,43 @@ def barrier() -> None:
         dist.barrier()
 
 
+def patient_barrier() -> None:
+    """Wait for rank 0's long work (checkpoint, dataset generation) without the short timeout."""
+    if is_initialized():
+        dist.barrier(group=_patient())
+
+
+def agree(failed: bool, stop: bool = False) -> tuple[int | None, bool]:
+    """(a rank that failed or None, whether any rank was asked to stop), in one small all-reduce:
+    how a rank that failed (or got a stop signal) tells the others before they block in the step's
+    next collective."""
+    if not is_initialized():
+        return (0 if failed else None), bool(stop)
+    tensor = torch.tensor([float(dist.get_rank() + 1) if failed else 0.0, 1.0 if stop else 0.0])
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    failed_rank, stopping = tensor.cpu().tolist()
+    return (int(failed_rank) - 1 if failed_rank > 0 else None), stopping > 0
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` in rank order on rank 0 (None elsewhere): the other ranks never hold the
+    union (evaluation results are ~500k RLE masks on COCO val)."""
+    if not is_initialized():
+        return [obj]
+    main = dist.get_rank() == 0
+    gathered: list[Any] | None = [None] * dist.get_world_size() if main else None
+    dist.gather_object(obj, gathered, dst=0, group=_patient())
+    return gathered
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order (just `[obj]` for one process)."""
     if not is_initialized():
         return [obj]
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    dist.all_gather_object(gathered, obj, group=_patient())
     return gathered
 
 
@@ -144,7 +203,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_initialized():
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
+    dist.broadcast_object_list(holder, src=src, group=_patient())
     return holder[0]
 
 

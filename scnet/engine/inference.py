@@ -1,8 +1,11 @@
 """Run a detector over a dataset: COCO results, detection IoUs, and the inference speed.
 
-Each process takes every `world_size`-th image; rank 0 gathers the results. Speed is the model's
-forward time (including mask pasting at the original size, excluding data loading and RLE
-encoding), measured after `speed_warmup` images and synchronised on CUDA.
+Each process takes every `world_size`-th image; rank 0 alone gathers the results (`gather_inference`).
+Speed is measured as the paper does: one process, one device, batch 1, after `speed_warmup`
+images. Where the evaluation itself ran that way, its own timings are used; otherwise rank 0 runs a
+separate timed pass (`measure_speed`) while the other ranks wait, so that eight ranks sharing a node
+(and a batch of several images) do not enter the figure. Time is the model's forward (including
+mask pasting at the original size; excluding data loading and RLE encoding), synchronised on CUDA.
 """
 from __future__ import annotations
 
@@ -46,8 +49,9 @@ def _to_device(images: Sequence[torch.Tensor], device: torch.device) -> list[tor
 @torch.no_grad()
 def run_inference(model: nn.Module, dataset: Any, *, collate_fn: Callable, device: torch.device,
                   batch_size: int = 1, num_workers: int = 0, max_images: int | None = None,
-                  speed_warmup: int = 5, progress: bool = True) -> InferenceOutput:
-    """This rank's share of the dataset; call `gather_inference` to combine ranks."""
+                  speed_warmup: int = 5, progress: bool = True, timed: bool = True) -> InferenceOutput:
+    """This rank's share of the dataset; call `gather_inference` to combine ranks. With `timed`
+    false the device is not synchronised around each batch and no speed is recorded."""
     rank, world = distributed.rank(), distributed.world_size()
     num_images = len(dataset) if max_images is None else min(max_images, len(dataset))
     sampler = ShardSampler(num_images, batch_size, rank=rank, world_size=world)
@@ -68,12 +72,14 @@ def run_inference(model: nn.Module, dataset: Any, *, collate_fn: Callable, devic
             images = _to_device(images, device)
             image_metas = [{"ori_shape": tuple(m["ori_shape"]), "scale_factor": tuple(m["scale_factor"])}
                            for m in metas]
-            _synchronize(device)
+            if timed:
+                _synchronize(device)
             start = time.perf_counter()
             detections = model(images, image_metas=image_metas)
-            _synchronize(device)
+            if timed:
+                _synchronize(device)
             elapsed = time.perf_counter() - start
-            if seen >= warmup:
+            if timed and seen >= warmup:
                 out.timed_images += len(images)
                 out.timed_seconds += elapsed
             seen += len(images)
@@ -90,9 +96,12 @@ def run_inference(model: nn.Module, dataset: Any, *, collate_fn: Callable, devic
     return out
 
 
-def gather_inference(local: InferenceOutput) -> InferenceOutput:
-    """All ranks' outputs on every rank (results in image order); speed = mean of per-process speeds."""
-    parts = distributed.all_gather_objects(local)
+def gather_inference(local: InferenceOutput) -> InferenceOutput | None:
+    """All ranks' outputs merged on rank 0 (results in image order); None on the other ranks, which
+    never hold the union. Speed fields are left to `measure_speed` when there are several ranks."""
+    parts = distributed.gather_to_main(local)
+    if parts is None:
+        return None
     if len(parts) == 1:
         return local
     merged = InferenceOutput()
@@ -101,8 +110,33 @@ def gather_inference(local: InferenceOutput) -> InferenceOutput:
         merged.image_ids.extend(part.image_ids)
         merged.ious.extend(part.ious)
     merged.results.sort(key=lambda r: r["image_id"])
-    speeds = [p.images_per_s for p in parts if p.timed_seconds > 0]
-    merged.timed_images = sum(p.timed_images for p in parts)
-    # Keep images/s per process (per GPU), the unit the paper reports.
-    merged.timed_seconds = merged.timed_images / (sum(speeds) / len(speeds)) if speeds else 0.0
     return merged
+
+
+@torch.no_grad()
+def measure_speed(model: nn.Module, dataset: Any, *, collate_fn: Callable, device: torch.device,
+                  num_images: int, warmup: int) -> tuple[int, float]:
+    """(images timed, seconds) of `model` on the first `num_images` images, batch 1, in this process
+    alone, after `warmup` untimed images (at least one image stays on the clock)."""
+    num_images = min(num_images, len(dataset))
+    warmup = min(warmup, max(0, num_images - 1))
+    loader = DataLoader(dataset, batch_sampler=ShardSampler(num_images, 1, rank=0, world_size=1),
+                        num_workers=0, collate_fn=collate_fn)
+    was_training = model.training
+    model.eval()
+    timed_images, timed_seconds = 0, 0.0
+    try:
+        for seen, (images, _targets, metas) in enumerate(loader):
+            images = _to_device(images, device)
+            image_metas = [{"ori_shape": tuple(m["ori_shape"]), "scale_factor": tuple(m["scale_factor"])}
+                           for m in metas]
+            _synchronize(device)
+            start = time.perf_counter()
+            model(images, image_metas=image_metas)
+            _synchronize(device)
+            if seen >= warmup:
+                timed_images += len(images)
+                timed_seconds += time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    return timed_images, timed_seconds

@@ -22,8 +22,9 @@ from scnet.engine import distributed
 from scnet.config import ConfigError
 from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state
 from scnet.engine.coco_eval import coco_metrics, write_detections
+from scnet.engine.device import gpu_requested, pick_device
 from scnet.engine.environment import collect_environment
-from scnet.engine.inference import gather_inference, run_inference
+from scnet.engine.inference import gather_inference, measure_speed, run_inference
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog
 from scnet.engine.seeding import seed_everything
@@ -38,19 +39,12 @@ from scnet.weights.backbone_init import init_backbone
 MATCHED_IOU = 0.5
 
 
-def pick_device(dist_env: distributed.DistEnv, device: str | torch.device | None = None) -> torch.device:
-    """The requested device, else this process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
-    if device is not None:
-        from scnet.engine.cli_args import check_device
-
-        chosen = torch.device(check_device(str(device)))
-    elif torch.cuda.is_available():
-        chosen = torch.device("cuda", dist_env.local_rank % torch.cuda.device_count())
-    else:
-        chosen = torch.device("cpu")
-    if chosen.type == "cuda":
-        torch.cuda.set_device(chosen)
-    return chosen
+def gpu_required_because(run_config: RunConfig, *, training: bool) -> str | None:
+    """Why this run must not fall back to the CPU (see scnet.engine.device), or None."""
+    reason = gpu_requested()
+    if reason is None and training and run_config.scale == "paper":
+        reason = "paper-scale training"
+    return reason
 
 
 def describe_device(device: torch.device) -> str:
@@ -71,7 +65,7 @@ def prepare_data(run_config: RunConfig) -> None:
             from scnet.data import ensure_synthetic
 
             ensure_synthetic(root, seed=0)
-        distributed.barrier()
+        distributed.patient_barrier()
 
 
 def check_run_splits(train_set: Any, eval_set: Any, run_config: RunConfig) -> None:
@@ -85,8 +79,14 @@ def build_dataset(run_config: RunConfig, split: str, *, train: bool) -> Any:
     from scnet.data import CocoInstances, build_transforms
 
     transforms = build_transforms(train=train, scale=run_config.image_scale)
-    return CocoInstances(run_config.data_root, split=split, transforms=transforms, training=train,
-                         seed=run_config.seed)
+    dataset = CocoInstances(run_config.data_root, split=split, transforms=transforms, training=train,
+                            seed=run_config.seed)
+    if train:
+        # train2017's index as numpy arrays: each rank and data worker holds ~0.5 GB, not several.
+        from scnet.data.compact_index import compact_dataset
+
+        compact_dataset(dataset)
+    return dataset
 
 
 def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
@@ -154,17 +154,31 @@ def _move_aside(path: Path, reason: Exception) -> Path:
     return aside
 
 
+# Images of the separate timed pass on rank 0 (after its warm-up) when the evaluation itself was
+# distributed or batched; the paper's fps is one GPU at batch 1.
+SPEED_IMAGES = 200
+
+
 def evaluate_model(model: nn.Module, dataset: Any, run_config: RunConfig, *, device: torch.device,
                    recorder: IoURecorder, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """COCO box/mask AP, inference speed and detection IoUs; every rank returns rank 0's numbers."""
     settings = run_config.eval
     start = time.perf_counter()
+    paper_like = distributed.world_size() == 1 and settings.batch_size == 1
     local = run_inference(model, dataset, collate_fn=_collate(), device=device, batch_size=settings.batch_size,
                           num_workers=run_config.num_workers, max_images=settings.max_images,
-                          speed_warmup=settings.speed_warmup, progress=progress)
+                          speed_warmup=settings.speed_warmup, progress=progress, timed=paper_like)
     merged = gather_inference(local)
+    del local
     summary: dict[str, Any] | None = None
     if distributed.rank() == 0:
+        if paper_like:
+            timed_images, timed_seconds = merged.timed_images, merged.timed_seconds
+        else:
+            evaluated = len(merged.image_ids)
+            timed_images, timed_seconds = measure_speed(
+                model, dataset, collate_fn=_collate(), device=device,
+                num_images=min(evaluated, SPEED_IMAGES + settings.speed_warmup), warmup=settings.speed_warmup)
         ious = np.concatenate(merged.ious) if merged.ious else np.zeros(0)
         recorder.add("inference", ious)
         recorder.add("inference/matched", ious[ious >= MATCHED_IOU])
@@ -173,12 +187,14 @@ def evaluate_model(model: nn.Module, dataset: Any, run_config: RunConfig, *, dev
         RunLog(run_dir).info(f"evaluation on {len(merged.image_ids)} {settings.split} images:\n{report}")
         summary = {
             "metrics": metrics,
-            "speed": {"images_per_s": merged.images_per_s, "device": describe_device(device),
-                      "images_timed": merged.timed_images, "batch_size": settings.batch_size,
-                      "processes": distributed.world_size(), "amp": False},
+            "speed": {"images_per_s": timed_images / timed_seconds if timed_seconds > 0 else 0.0,
+                      "device": describe_device(device), "images_timed": timed_images, "batch_size": 1,
+                      "processes": 1, "amp": False,
+                      "measured": "during the evaluation" if paper_like else
+                                  "separate pass on rank 0 after the distributed evaluation"},
             "eval": {"split": settings.split, "num_images": len(merged.image_ids),
                      "num_detections": len(merged.results), "detections_file": detections_path.name,
-                     "eval_s": time.perf_counter() - start,
+                     "eval_s": time.perf_counter() - start, "processes": distributed.world_size(),
                      "inference_iou": "box IoU of each final detection with its best same-class "
                                       "ground truth (0 if none); 'inference/matched' keeps IoU >= 0.5"},
         }
@@ -215,18 +231,18 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
     finished = _finished_result(run_config, run_dir)
     if finished is not None:
         return finished
-    with _process_group(device) as chosen:
+    with _process_group(device, gpu_required_because(run_config, training=True)) as chosen:
         prepare_data(run_config)
         train_set = build_dataset(run_config, "train", train=True)
         # Every split the run uses is checked now, not after hours of training, and before the run
         # folder is written, so bad data leaves nothing behind.
         eval_set = build_dataset(run_config, run_config.eval.split, train=False) if run_config.eval.enabled else None
         check_run_splits(train_set, eval_set, run_config)
+        check_training_classes(run_config, train_set)
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
                                                    device=describe_device(chosen)))
-        check_training_classes(run_config, train_set)
         model = build_run_model(run_config, train_set)
         if not last_checkpoint_path(run_dir).exists():  # a resumed run's checkpoint holds the trunk
             loaded = init_backbone(model, run_config)
@@ -249,11 +265,12 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
 
 
 @contextmanager
-def _process_group(device: str | torch.device | None) -> Iterator[torch.device]:
+def _process_group(device: str | torch.device | None, gpu_required: str | None) -> Iterator[torch.device]:
     """Join the process group that torchrun or SLURM describes (if any), yield this rank's device, and
-    leave the group on exit only if this call created it (a caller may have joined it already)."""
+    leave the group on exit only if this call created it (a caller may have joined it already).
+    A GPU that is required but unusable stops the process here, before any rendezvous."""
     dist_env = distributed.detect_dist_env()
-    chosen = pick_device(dist_env, device)
+    chosen = pick_device(dist_env.local_rank, device, gpu_required_because=gpu_required)
     owns_group = dist_env.is_distributed and not distributed.is_initialized()
     distributed.init_distributed(dist_env, chosen)
     try:
@@ -342,7 +359,7 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
                 read_result(run_dir)
             except RecordError as exc:
                 _move_aside(run_dir / RESULT_FILE, exc)
-    with _process_group(device) as chosen:
+    with _process_group(device, gpu_required_because(run_config, training=False)) as chosen:
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
         eval_set = build_dataset(run_config, run_config.eval.split, train=False)

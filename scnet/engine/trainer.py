@@ -1,5 +1,13 @@
 """The training loop: SGD with warm-up and step decay, AMP on CUDA, DDP, checkpoints and exact resume.
 
+Ranks fail together: every step, before the forward pass and again before the backward pass (whose
+gradient all-reduce a failed rank would never join), the ranks agree in one tiny all-reduce on
+whether any of them failed (a dataset error, a non-finite loss, an exception in the forward) and
+whether any was asked to stop (USR2 before a SLURM time limit: `scnet.engine.preemption`). A
+failure stops every rank within the step; a stop request saves a checkpoint at that iteration on
+every rank and raises `TrainingInterrupted`. With AMP, a float16 overflow in the gradients is the
+GradScaler's business (the step is skipped and the scale lowered); only a non-finite *loss* stops.
+
 A run resumed from `checkpoints/last.pth` continues exactly where it stopped: the checkpoint holds
 the model, the optimiser's momentum, the AMP scaler, every rank's generator states, the IoU
 recorder and the iteration; the learning rate and the data order are pure functions of the
@@ -21,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from scnet.engine import distributed
+from scnet.engine import distributed, preemption
 from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
                                      save_checkpoint)
 from scnet.engine.lr_schedule import learning_rate, set_learning_rate
@@ -73,8 +81,8 @@ class _IoUBuffer:
     def flush(self) -> None:
         local = {tag: torch.cat(parts).cpu().numpy() for tag, parts in self.pending.items()}
         self.pending.clear()
-        parts = distributed.all_gather_objects(local)
-        if distributed.rank() != 0:
+        parts = distributed.gather_to_main(local)
+        if parts is None:
             return
         for tag in sorted({tag for part in parts for tag in part}):
             for part in parts:
@@ -108,6 +116,25 @@ class _LossWindow:
         """Resume a log interval cut by a checkpoint, so its row averages the same iterations."""
         self.sums = defaultdict(float, state["sums"])
         self.count = int(state["count"])
+
+
+class PeerRankFailed(RuntimeError):
+    """Another rank failed; this one stops too instead of waiting for it in a collective."""
+
+
+def _stop_if_any_failed(error: BaseException | None, iteration: int, *, stop: bool = False) -> bool:
+    """Raise this rank's error, or PeerRankFailed if another rank failed; return whether to stop."""
+    failed_rank, stopping = distributed.agree(error is not None, stop)
+    if error is not None:
+        raise error
+    if failed_rank is not None:
+        raise PeerRankFailed(f"rank {distributed.rank()}: stopping at iteration {iteration} because rank "
+                             f"{failed_rank} failed (its error is in its own output)")
+    return stopping
+
+
+def _stop_reason() -> str:
+    return preemption.stop_reason() if preemption.stop_requested() else "stop requested on another rank"
 
 
 def _check_finite(losses: dict[str, float], iteration: int, run_dir: Path) -> None:
@@ -204,8 +231,8 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
 
     def save(iteration: int) -> None:
         ious.flush()
-        states = distributed.all_gather_objects(capture_rng_state())
-        log_windows = distributed.all_gather_objects(window.state_dict())
+        states = distributed.gather_to_main(capture_rng_state())
+        log_windows = distributed.gather_to_main(window.state_dict())
         if is_main:
             save_checkpoint(checkpoint_path, {
                 "iteration": iteration, "total_iters": total, "iters_per_epoch": per_epoch,
@@ -214,64 +241,84 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
                 "log_windows": log_windows,
                 "train_s": train_s, "world_size": world, "run_config": run_config.to_dict(),
             })
-        distributed.barrier()
+        distributed.patient_barrier()
 
     iteration = start_iter
     try:
-        while iteration < total:
-            epoch, start_batch = divmod(iteration, per_epoch)
-            loader = _make_loader(dataset, collate_fn=collate_fn, run_config=run_config, epoch=epoch,
-                                  start_batch=start_batch, device=device)
-            fetch_start = time.perf_counter()
-            for images, targets, _metas in loader:
-                step_start = time.perf_counter()
-                data_time = step_start - fetch_start
-                lr = learning_rate(iteration, schedule, per_epoch)
-                set_learning_rate(optimizer, lr)
-                images = [image.to(device, non_blocking=True) for image in images]
-                targets = move_targets(targets, device)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    losses = net(images, targets)
-                total_loss = sum(losses.values())
-                # One device-to-host copy for all the logged numbers (a sync per loss is slow on CUDA).
-                numbers = torch.stack([v.detach().float() for v in (*losses.values(), total_loss)]).tolist()
-                values = dict(zip([*losses, "loss"], numbers))
-                _check_finite(values, iteration, run_dir)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total_loss).backward()
-                if schedule.grad_clip_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                ious.add(getattr(unwrap(net), "mask_sample_ious", None))
-                iteration += 1
-                step_time = time.perf_counter() - step_start
-                train_s += step_time + data_time
-                window.add(values, step_time, data_time)
-                bar.update(1)
-                if progress and is_main:
-                    bar.set_postfix(loss=f"{window.means()['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+        with preemption.listening():
+            while iteration < total:
+                epoch, start_batch = divmod(iteration, per_epoch)
+                loader = _make_loader(dataset, collate_fn=collate_fn, run_config=run_config, epoch=epoch,
+                                      start_batch=start_batch, device=device)
+                fetch_start = time.perf_counter()  # the first fetch includes starting the workers
+                batches = iter(loader)
+                while iteration < total:
+                    error: BaseException | None = None
+                    try:
+                        images, targets, _metas = next(batches)
+                    except StopIteration:
+                        break  # every rank has as many batches per epoch
+                    except Exception as exc:  # a dataset error: tell the other ranks before raising
+                        error = exc
+                    step_start = time.perf_counter()
+                    data_time = step_start - fetch_start
+                    if _stop_if_any_failed(error, iteration, stop=preemption.stop_requested()):
+                        save(iteration)
+                        reason = _stop_reason()
+                        log.info(f"stopped at iteration {iteration}/{total} ({reason}); checkpoint saved")
+                        raise preemption.TrainingInterrupted(iteration, reason)
+                    lr = learning_rate(iteration, schedule, per_epoch)
+                    set_learning_rate(optimizer, lr)
+                    try:
+                        images = [image.to(device, non_blocking=True) for image in images]
+                        targets = move_targets(targets, device)
+                        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                            losses = net(images, targets)
+                        total_loss = sum(losses.values())
+                        # One device-to-host copy for all the logged numbers (a sync per loss is slow on CUDA).
+                        numbers = torch.stack([v.detach().float() for v in (*losses.values(), total_loss)]).tolist()
+                        values = dict(zip([*losses, "loss"], numbers))
+                        _check_finite(values, iteration, run_dir)
+                    except Exception as exc:
+                        error = exc
+                    _stop_if_any_failed(error, iteration)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(total_loss).backward()
+                    if schedule.grad_clip_norm is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    ious.add(getattr(unwrap(net), "mask_sample_ious", None))
+                    iteration += 1
+                    step_time = time.perf_counter() - step_start
+                    train_s += step_time + data_time
+                    window.add(values, step_time, data_time)
+                    bar.update(1)
+                    if progress and is_main:
+                        bar.set_postfix(loss=f"{window.means()['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
 
-                if iteration % schedule.log_every == 0 or iteration == total:
-                    ious.flush()
-                    means = distributed.all_reduce_mean(window.means())
-                    last_losses = means
-                    seconds = window.step_time / max(window.count, 1)
-                    seconds += window.data_time / max(window.count, 1)
-                    row = {"iter": iteration, "epoch": epoch, "lr": lr, **means,
-                           "time": window.step_time / max(window.count, 1),
-                           "data_time": window.data_time / max(window.count, 1),
-                           "eta_s": seconds * (total - iteration)}
-                    if device.type == "cuda":
-                        row["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                    log.metrics(row)
-                    window = _LossWindow()
-                if iteration % schedule.checkpoint_every == 0 or iteration == total:
-                    save(iteration)
-                if iteration >= total:
-                    break
-                fetch_start = time.perf_counter()
+                    if iteration % schedule.log_every == 0 or iteration == total:
+                        ious.flush()
+                        means = distributed.all_reduce_mean(window.means())
+                        last_losses = means
+                        seconds = window.step_time / max(window.count, 1)
+                        seconds += window.data_time / max(window.count, 1)
+                        row = {"iter": iteration, "epoch": epoch, "lr": lr, **means,
+                               "time": window.step_time / max(window.count, 1),
+                               "data_time": window.data_time / max(window.count, 1),
+                               "eta_s": seconds * (total - iteration)}
+                        if device.type == "cuda":
+                            row["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                        log.metrics(row)
+                        window = _LossWindow()
+                    if iteration % schedule.checkpoint_every == 0 or iteration == total:
+                        save(iteration)
+                    fetch_start = time.perf_counter()
+        # A stop asked for during the last step: the final checkpoint is saved; let the caller requeue
+        # rather than start an evaluation the time limit may cut.
+        if start_iter < total and _stop_if_any_failed(None, iteration, stop=preemption.stop_requested()):
+            raise preemption.TrainingInterrupted(iteration, _stop_reason())
     finally:
         bar.close()
     if start_iter == total:

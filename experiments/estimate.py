@@ -1,0 +1,77 @@
+"""What a run matrix asks of a cluster: per run the resources of each job and the GPU-hours.
+
+The GPU-hours come from the schedule (epochs x training images / global batch = iterations, times
+the batch = images seen) divided by an assumed training throughput per GPU. The throughput is an
+assumption, printed with every estimate and changed with --images-per-s-per-gpu; it is not
+measured here. Evaluation (val2017, minutes) is left out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from scnet.engine.run_config import RunConfig
+
+# train2017 images with annotations (MMDetection's count after dropping images without any); the
+# trainer also skips the few whose only annotations are crowds, so this is a slight overestimate.
+COCO_TRAIN_IMAGES = 117_266
+# Training images per second per GPU at 1333x800 in fp32 (the default; --amp is faster), for a cascade-style R50 model on a
+# current data-centre GPU: a round planning figure, not a measurement. Mask R-CNN is faster,
+# HTC/SCNet slower.
+DEFAULT_IMAGES_PER_S_PER_GPU = 4.0
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    iterations: int
+    images: int
+    gpus: int
+    gpu_hours: float  # the same on any number of GPUs (the throughput is per GPU)
+    wall_hours: float | None  # None when no GPU is asked for
+    jobs: int | None  # jobs of the profile's time limit the run needs (1 + requeues)
+
+    def describe(self) -> str:
+        text = (f"{self.iterations:,} iterations x {self.images // max(self.iterations, 1)} images: "
+                f"~{self.gpu_hours:,.0f} GPU-h")
+        if self.wall_hours is None:
+            return text + " (but no GPU is asked for here)"
+        text += f" (~{self.wall_hours:,.1f} h on {self.gpus} GPU(s)"
+        if self.jobs is not None:
+            text += f", {self.jobs} job(s) of the time limit"
+        return text + ")"
+
+
+def estimate_run(config: RunConfig, gpus: int, *, images_per_s_per_gpu: float = DEFAULT_IMAGES_PER_S_PER_GPU,
+                 train_images: int = COCO_TRAIN_IMAGES, time_limit_min: int | None = None) -> RunEstimate:
+    """The run's training cost on `gpus` GPUs (all processes of the run)."""
+    schedule = config.schedule
+    iterations = schedule.total_iters(max(1, train_images // schedule.batch_size))
+    images = iterations * schedule.batch_size
+    gpu_hours = images / images_per_s_per_gpu / 3600.0
+    if gpus < 1:
+        return RunEstimate(iterations, images, 0, gpu_hours, None, None)
+    wall_hours = gpu_hours / gpus
+    jobs = math.ceil(wall_hours * 60 / time_limit_min) if time_limit_min else None
+    return RunEstimate(iterations, images, gpus, gpu_hours, wall_hours, jobs)
+
+
+def describe_resources(resources: dict[str, Any], source: str) -> str:
+    """'1 node(s), 8 task(s), 8 GPU(s) (a100), 64 CPUs (8 per task), 400G per node, 1-00:00:00 per job (...)'."""
+    parts = [f"{resources['nodes']} node(s)", f"{resources['tasks']} task(s)"]
+    gpus = f"{resources['gpus']} GPU(s)"
+    if resources.get("gpu_type"):
+        gpus += f" ({resources['gpu_type']})"
+    parts.append(gpus)
+    parts.append(f"{resources['cpus']} CPUs ({resources['cpus_per_task']} per task)" if resources.get("cpus")
+                 else "CPUs: cluster default")
+    parts.append(f"{resources['mem_per_node']} per node" if resources.get("mem_per_node") else "mem: cluster default")
+    if resources.get("time_min"):
+        parts.append(f"{format_minutes(resources['time_min'])} per job")
+    return ", ".join(parts) + f" ({source})"
+
+
+def format_minutes(minutes: int) -> str:
+    days, rest = divmod(int(minutes), 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"

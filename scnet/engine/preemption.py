@@ -1,0 +1,79 @@
+"""Stop requests: a signal (SLURM's USR2 before a time limit or preemption) asks the training loop
+to save a checkpoint at the iteration it has reached and leave.
+
+The signal handler only sets a flag: saving from inside a handler would interrupt a step halfway,
+and the other ranks, which may not have received the signal, must join the save (their generator
+states are in the checkpoint). The loop reads the flag once per step, OR-ed over all ranks
+(`scnet.engine.distributed.agree`), saves at the same iteration on every rank, and raises
+`TrainingInterrupted`; whoever installed the handler (the SLURM job) then requeues.
+
+Outside training (data set-up, evaluation) there is nothing better to save than the last
+checkpoint, so a handler installed with `on_idle` calls it at once.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+_requested = threading.Event()
+_listening = threading.Event()
+_reason: list[str] = []
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request after saving its checkpoint at `iteration`."""
+
+    def __init__(self, iteration: int, reason: str) -> None:
+        super().__init__(f"training stopped at iteration {iteration} ({reason}); the checkpoint holds it")
+        self.iteration = iteration
+        self.reason = reason
+
+
+def request_stop(reason: str = "stop requested") -> None:
+    _reason[:] = [reason]
+    _requested.set()
+
+
+def stop_requested() -> bool:
+    return _requested.is_set()
+
+
+def stop_reason() -> str:
+    return _reason[0] if _reason else "stop requested"
+
+
+def clear() -> None:
+    _requested.clear()
+    _reason.clear()
+
+
+def training_is_listening() -> bool:
+    """Whether a training loop is running that reads the flag each step."""
+    return _listening.is_set()
+
+
+@contextmanager
+def listening() -> Iterator[None]:
+    """Held by the training loop while it reads the flag each step."""
+    _listening.set()
+    try:
+        yield
+    finally:
+        _listening.clear()
+
+
+def install_stop_signal(signum: int, on_idle: Callable[[int, Any], Any] | None = None) -> Callable[[], None]:
+    """Make `signum` request a stop while training listens, and call `on_idle(signum, frame)` (e.g.
+    submitit's requeue handler) when it does not. Returns a function that restores the old handler."""
+    previous = signal.getsignal(signum)
+
+    def handler(number: int, frame: Any) -> None:
+        if training_is_listening() or on_idle is None:
+            request_stop(f"signal {signal.Signals(number).name}")
+        else:
+            on_idle(number, frame)
+
+    signal.signal(signum, handler)
+    return lambda: signal.signal(signum, previous)
