@@ -19,7 +19,8 @@ from scnet.checkpoints.loading import FORMATS, CheckpointError, load_checkpoint
 from scnet.coco_ids import COCO_CATEGORY_IDS
 from scnet.config import ConfigError
 from scnet.cpu_memory import keep_freed_memory
-from scnet.image_io import ImageError, read_rgb, resize_for_test
+from scnet.data.pipeline import test_input
+from scnet.image_io import ImageError, read_bgr
 from scnet.presets import resolve_config
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # large tensors reuse memory instead of page-faulting (scnet.cpu_memory)
     try:
         cfg = resolve_config(args.preset, num_classes=args.num_classes, test_score_thr=args.score_thr)
-        image = read_rgb(args.image)
+        image = read_bgr(args.image)
         from scnet.models.detector import Detector
 
         model = Detector(cfg)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model.eval().to(args.device)
-    resized, meta = resize_for_test(image)
+    resized, meta = test_input(image)  # MMDetection's test pipeline (scnet.data.pipeline)
     started = time.perf_counter()
     with torch.inference_mode():
         detections = model([resized.to(args.device)], image_metas=[meta])[0]

@@ -12,7 +12,8 @@ import torch
 from scnet import build_model
 from scnet.checkpoints import load_checkpoint, mmdet_to_ours
 from scnet.equivalence import match_detections, write_reference_checkpoint
-from scnet.image_io import read_rgb, resize_for_test
+from scnet.data.pipeline import test_input
+from scnet.image_io import read_bgr
 from scnet.presets import MMDET_PRESETS
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -42,8 +43,7 @@ def test_parameter_count_and_key_map_match_the_manifest(preset):
 
 @pytest.fixture(scope="module")
 def coffee():
-    image = read_rgb(REFERENCE / "oracle" / "coffee_1200x800.png")
-    return resize_for_test(image)
+    return test_input(read_bgr(REFERENCE / "oracle" / "coffee_1200x800.png"))
 
 
 @pytest.fixture()

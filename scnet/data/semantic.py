@@ -85,7 +85,7 @@ def load_stuff_map(path: Path, height: int, width: int, num_semantic_classes: in
     try:
         with Image.open(path) as image:
             values = np.array(image)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot read the semantic map ({exc}); replace the file") from exc
     if values.ndim != 2:
         raise DatasetError(f"{path}: a semantic map must be a single-channel PNG, got shape {values.shape}")
