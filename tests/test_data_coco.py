@@ -323,3 +323,11 @@ def test_collate_batches_into_lists_through_a_dataloader(root: Path) -> None:
     assert len(images) == len(targets) == 2 and images[0].shape == (3, H, W)
     with pytest.raises(TypeError, match=r"batch\[0\]"):
         collate([images[0]])
+
+
+@pytest.mark.parametrize("bad", ["five", None])
+def test_polygon_with_a_non_number_coordinate_is_named(tmp_path: Path, bad: Any) -> None:
+    data = coco_json()
+    data["annotations"][0]["segmentation"] = [[5.0, 5.0, 15.0, bad, 15.0, 15.0]]
+    with pytest.raises(DatasetError, match=r"annotation id 1 \(image id 1\).*'segmentation'"):
+        CocoInstances(write_dataset(tmp_path / "coco", data), "train", semantic=None)

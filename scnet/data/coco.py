@@ -124,7 +124,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 elif ann.get("iscrowd", 0):
                     ignored.append(ann["id"])
                     self.stats["crowd_ignored"] += 1
-                elif not _usable_mask(ann.get("segmentation")):
+                elif not self._usable_mask(ann, image_id):
                     ignored.append(ann["id"])
                     self.stats["unusable_masks_ignored"] += 1
                 else:
@@ -139,6 +139,14 @@ class CocoInstances(torch.utils.data.Dataset):
             self.image_ids.append(image_id)
             self._instance_ids.append(instances)
             self._ignored_ids.append(ignored)
+
+    def _usable_mask(self, ann: dict[str, Any], image_id: int) -> bool:
+        try:
+            return _usable_mask(ann.get("segmentation"))
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{self.ann_file}: annotation id {ann['id']} (image id {image_id}): field "
+                               f"'segmentation' holds a polygon coordinate that is not a number ({exc}); fix "
+                               "the polygon") from exc
 
     def _check_image_files(self) -> None:
         if not self.image_dir.is_dir():
@@ -273,7 +281,8 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def _semantic_map(self, index: int, info: dict[str, Any], annotations: list[dict[str, Any]],
                       masks: np.ndarray) -> np.ndarray:
-        """uint8 `[H, W]` at the original size (values fit: 0..254 and 255 = ignore)."""
+        """`[H, W]` at the original size: uint8 (as MMDetection reads stuff maps), uint16 only for
+        derived maps of more than 254 classes."""
         if self.semantic_source == "stuff":
             path = sem.stuff_map_path(self.root, self.split, info["file_name"])
             assert self.num_semantic_classes is not None
@@ -283,7 +292,7 @@ class CocoInstances(torch.utils.data.Dataset):
                      if self.coco.anns[i].get("iscrowd", 0) and _usable_mask(self.coco.anns[i]["segmentation"])]
             labels = [self.category_id_to_label[a["category_id"]] for a in annotations]
             values = sem.derive_semantic_map(info["height"], info["width"], zip(masks, labels), crowd)
-        return values.astype(np.uint8)
+        return values.astype(np.uint8 if int(values.max(initial=0)) <= 255 else np.uint16)
 
 
 def load_sample(root: str | os.PathLike[str], split: str, image_id: int, *, flip: bool,
