@@ -30,6 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# As MMDetection's runner does (env_cfg opencv_num_threads=0): data-loader workers each resizing with
+# all cores' worth of OpenCV threads would oversubscribe the machine. Results do not depend on it.
+cv2.setNumThreads(0)
+
 DEFAULT_SCALE = (1333, 800)
 SIZE_DIVISOR = 32
 SEMANTIC_PAD_VALUE = 255
