@@ -62,10 +62,15 @@ class ModelConfig:
     rpn_train_post_nms: int = 2000
     rpn_test_pre_nms: int = 1000
     rpn_test_post_nms: int = 1000
+    # anchors in the RPN loss: only those inside the image up to this margin (0: Cascade, HTC, SCNet);
+    # -1: every anchor of the image's own padded area (Mask R-CNN). MMDetection's `allowed_border`.
+    rpn_allowed_border: int = 0
     # R-CNN sampling
     rcnn_samples_per_image: int = 512
     rcnn_positive_fraction: float = 0.25
-    rcnn_match_low_quality: bool = False  # Mask R-CNN's assigner also takes each GT's best proposal
+    # the box stages' assigners also give each ground truth its best proposal (MMDetection's
+    # match_low_quality: True in Mask R-CNN, HTC and SCNet, False in Cascade Mask R-CNN)
+    rcnn_match_low_quality: bool = False
     # test
     test_score_thr: float = 0.001
     test_nms_iou: float = 0.5

@@ -39,7 +39,11 @@ class SemanticHead(nn.Module):
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy against the padded target map downsampled (nearest) to the logits' stride."""
+        """Cross-entropy against the padded target map (255 in the padding) downsampled by nearest
+        neighbour to the logits' stride, averaged over *all* its pixels, ignored ones included:
+        MMDetection 3.3's CrossEntropyLoss(ignore_index=255) with avg_non_ignore=False."""
         small = F.interpolate(targets[:, None].float(), scale_factor=1.0 / STRIDE, mode="nearest")[:, 0].long()
         h, w = min(small.shape[-2], logits.shape[-2]), min(small.shape[-1], logits.shape[-1])
-        return F.cross_entropy(logits[..., :h, :w], small[..., :h, :w], ignore_index=255)
+        small = small[..., :h, :w]
+        total = F.cross_entropy(logits[..., :h, :w], small, ignore_index=255, reduction="sum")
+        return total / small.numel()
