@@ -41,7 +41,11 @@ class SemanticHead(nn.Module):
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against the padded target map (255 in the padding) downsampled by nearest
         neighbour to the logits' stride, averaged over *all* its pixels, ignored ones included:
-        MMDetection 3.3's CrossEntropyLoss(ignore_index=255) with avg_non_ignore=False."""
+        MMDetection 3.3's CrossEntropyLoss(ignore_index=255) with avg_non_ignore=False.
+
+        The paper's code (thangvubk/SCNet, the MMDetection 2.x of early 2021) built this loss from
+        `nn.CrossEntropyLoss(ignore_index=255)`, which averages over the labelled pixels only; we follow
+        MMDetection 3.3, whose value is smaller by the labelled share of the padded map."""
         small = F.interpolate(targets[:, None].float(), scale_factor=1.0 / STRIDE, mode="nearest")[:, 0].long()
         h, w = min(small.shape[-2], logits.shape[-2]), min(small.shape[-1], logits.shape[-1])
         small = small[..., :h, :w]
