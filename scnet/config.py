@@ -14,6 +14,7 @@ from typing import Any
 SAMPLE_CONSISTENCY = ("none", "naive", "effective")
 MASK_FLOWS = ("cascade", "htc")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_64x4d")
+FPN_INITS = ("xavier", "pytorch")
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,9 @@ class ModelConfig:
     fpn_channels: int = 256
     frozen_stages: int = 1
     norm_eval: bool = True  # BN statistics frozen in training (pretrained backbones); False for smoke presets
+    # "xavier": MMDetection's xavier-uniform FPN convs; "pytorch": PyTorch's default (smoke presets, whose
+    # random-init backbones with trainable BN learn far worse under xavier: see scnet/models/init.py)
+    fpn_init: str = "xavier"
     # classes
     num_classes: int = 80
     num_semantic_classes: int = 183
@@ -158,6 +162,8 @@ def validate(cfg: ModelConfig) -> None:
     """Refuse combinations the paper does not define, naming the flags, before any layer is built."""
     if cfg.backbone not in BACKBONES:
         raise ConfigError(f"backbone={cfg.backbone!r} is not one of {BACKBONES}")
+    if cfg.fpn_init not in FPN_INITS:
+        raise ConfigError(f"fpn_init={cfg.fpn_init!r} is not one of {FPN_INITS}")
     if cfg.stages not in (1, 3):
         raise ConfigError(f"stages={cfg.stages}: the paper's models have 1 (Mask R-CNN) or 3 (cascade) stages")
     for name, seq in (("stage_iou_thresholds", cfg.stage_iou_thresholds),

@@ -36,7 +36,7 @@ _ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 # Small, narrow networks for tests and the `smoke` scale; random initialisation.
-_SMOKE = dict(backbone="resnet18", frozen_stages=-1, norm_eval=False, fpn_channels=64, roi_fc_channels=256, mask_channels=64,
+_SMOKE = dict(backbone="resnet18", frozen_stages=-1, norm_eval=False, fpn_init="pytorch", fpn_channels=64, roi_fc_channels=256, mask_channels=64,
               rpn_train_pre_nms=1000, rpn_train_post_nms=500, rpn_test_pre_nms=500, rpn_test_post_nms=300,
               rcnn_samples_per_image=64)
 

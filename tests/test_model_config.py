@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import scnet
 import scnet.build
@@ -237,3 +238,19 @@ def test_training_settings_are_mmdetection_configs(arch, low_quality, allowed_bo
     cfg = resolve_config(f"{arch}_{size}")
     assert cfg.rcnn_match_low_quality is low_quality
     assert cfg.rpn_allowed_border == allowed_border
+
+
+@pytest.mark.parametrize("fpn_init,zero_bias", [("xavier", True), ("pytorch", False)])
+def test_fpn_initialisation_follows_the_config(fpn_init, zero_bias):
+    """MMDetection's FPN is xavier-uniform with zero bias (the R50/R101/X101 presets); the smoke presets
+    keep PyTorch's default (uniform bias), under which their random-init backbones train well."""
+    assert resolve_config("scnet_r50").fpn_init == "xavier"
+    assert resolve_config("scnet_r18_smoke").fpn_init == "pytorch"
+    torch.manual_seed(0)
+    model = build_model("mask_rcnn_r18_smoke", num_classes=3, fpn_init=fpn_init)
+    convs = [*model.neck.lateral, *model.neck.output]
+    assert all(bool((conv.bias == 0).all()) == zero_bias for conv in convs)
+    if fpn_init == "xavier":
+        for conv in convs:  # xavier-uniform bound: sqrt(6 / (fan_in + fan_out))
+            fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+            assert float(conv.weight.abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5
