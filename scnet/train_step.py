@@ -67,7 +67,7 @@ def mmdet_log(losses: dict[str, torch.Tensor], record: StepRecord, cfg: ModelCon
         else:
             raise KeyError(f"no MMDetection log name for our loss {name!r}")
     for stage, accuracy in sorted(record.accuracy.items()):
-        log[f"{prefix(stage)}acc"] = accuracy
+        log[f"{prefix(stage)}acc"] = float(accuracy)
     log["loss"] = float(sum(v.detach() for v in losses.values()))
     return log
 

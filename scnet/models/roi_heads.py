@@ -308,8 +308,9 @@ class RoIHeads(nn.Module):
             start += count
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Percent of RoIs whose top class (background included) is their label: MMDetection's `acc`."""
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Percent of RoIs whose top class (background included) is their label: MMDetection's `acc`.
+    A tensor, so that training on a GPU does not wait for it."""
     if labels.numel() == 0:
-        return 0.0
-    return float((logits.argmax(1) == labels).float().sum() * (100.0 / labels.numel()))
+        return logits.new_zeros(())
+    return (logits.argmax(1) == labels).float().sum() * (100.0 / labels.numel())

@@ -18,7 +18,7 @@ from scnet.models.sampling import TAKE_ALL, Sample
 @dataclass
 class StepRecord:
     samples: dict[str, list[dict[str, int]]] = field(default_factory=dict)
-    accuracy: dict[int, float] = field(default_factory=dict)  # box stage -> percent correct (MMDetection's acc)
+    accuracy: dict[int, torch.Tensor] = field(default_factory=dict)  # box stage -> percent correct (its `acc`)
     proposals: list[torch.Tensor] = field(default_factory=list)  # per image, what the first box stage got
 
     def add_sample(self, sampler: str, chosen: Sample) -> None:
