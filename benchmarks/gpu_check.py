@@ -109,12 +109,13 @@ def check_inference_and_oracle(device: torch.device, quick: bool) -> list[Row]:
     import json
 
     from scnet.equivalence import match_detections
-    from scnet.image_io import read_rgb, resize_for_test
+    from scnet.data.pipeline import test_input
+    from scnet.image_io import read_bgr
 
     rows = []
     if not (REFERENCE / "oracle").is_dir():
         return [Row("infer+oracle", "-", "-", "skipped", note=f"{REFERENCE} (shared/reference) is not beside the repo")]
-    coffee, coffee_meta = resize_for_test(read_rgb(REFERENCE / "oracle" / "coffee_1200x800.png"))
+    coffee, coffee_meta = test_input(read_bgr(REFERENCE / "oracle" / "coffee_1200x800.png"))
     # float32 as MMDetection's oracle (and the paper's V100s) computed it: no TF32 convolutions/matmuls.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -24,7 +24,8 @@ from scnet import build_model
 from scnet.checkpoints import load_checkpoint
 from scnet.cpu_memory import keep_freed_memory
 from scnet.equivalence import write_reference_checkpoint
-from scnet.image_io import read_rgb, resize_for_test
+from scnet.data.pipeline import test_input
+from scnet.image_io import read_bgr
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 MMDET_CPU_SECONDS = {"scnet_r50": "10.4-11.4", "htc_r50": "12.4", "cascade_mask_rcnn_r50": "12.4",
@@ -37,7 +38,7 @@ def _reference_model_and_image(preset: str, device: str, reference: Path):
         ckpt = write_reference_checkpoint(reference / f"{preset}.state_dict.json", Path(tmp) / "w.pth")
         load_checkpoint(model, ckpt)
     model.to(device)
-    image, meta = resize_for_test(read_rgb(reference / "oracle" / "coffee_1200x800.png"))
+    image, meta = test_input(read_bgr(reference / "oracle" / "coffee_1200x800.png"))
     return model, image.to(device), meta
 
 

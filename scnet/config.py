@@ -14,6 +14,7 @@ from typing import Any
 SAMPLE_CONSISTENCY = ("none", "naive", "effective")
 MASK_FLOWS = ("cascade", "htc")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_64x4d")
+FPN_INITS = ("xavier", "pytorch")
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,9 @@ class ModelConfig:
     fpn_channels: int = 256
     frozen_stages: int = 1
     norm_eval: bool = True  # BN statistics frozen in training (pretrained backbones); False for smoke presets
+    # "xavier": MMDetection's xavier-uniform FPN convs; "pytorch": PyTorch's default (smoke presets, whose
+    # random-init backbones with trainable BN learn far worse under xavier: see scnet/models/init.py)
+    fpn_init: str = "xavier"
     # classes
     num_classes: int = 80
     num_semantic_classes: int = 183
@@ -62,10 +66,15 @@ class ModelConfig:
     rpn_train_post_nms: int = 2000
     rpn_test_pre_nms: int = 1000
     rpn_test_post_nms: int = 1000
+    # anchors in the RPN loss: only those inside the image up to this margin (0: Cascade, HTC, SCNet);
+    # -1: every anchor of the image's own padded area (Mask R-CNN). MMDetection's `allowed_border`.
+    rpn_allowed_border: int = 0
     # R-CNN sampling
     rcnn_samples_per_image: int = 512
     rcnn_positive_fraction: float = 0.25
-    rcnn_match_low_quality: bool = False  # Mask R-CNN's assigner also takes each GT's best proposal
+    # the box stages' assigners also give each ground truth its best proposal (MMDetection's
+    # match_low_quality: True in Mask R-CNN, HTC and SCNet, False in Cascade Mask R-CNN)
+    rcnn_match_low_quality: bool = False
     # test
     test_score_thr: float = 0.001
     test_nms_iou: float = 0.5
@@ -153,6 +162,8 @@ def validate(cfg: ModelConfig) -> None:
     """Refuse combinations the paper does not define, naming the flags, before any layer is built."""
     if cfg.backbone not in BACKBONES:
         raise ConfigError(f"backbone={cfg.backbone!r} is not one of {BACKBONES}")
+    if cfg.fpn_init not in FPN_INITS:
+        raise ConfigError(f"fpn_init={cfg.fpn_init!r} is not one of {FPN_INITS}")
     if cfg.stages not in (1, 3):
         raise ConfigError(f"stages={cfg.stages}: the paper's models have 1 (Mask R-CNN) or 3 (cascade) stages")
     for name, seq in (("stage_iou_thresholds", cfg.stage_iou_thresholds),

@@ -23,8 +23,9 @@ from scnet.checkpoints.loading import FORMATS, Weights, infer_class_counts, load
 from scnet.coco_ids import COCO_CATEGORY_IDS
 from scnet.config import ConfigError, ModelConfig
 from scnet.cpu_memory import keep_freed_memory
+from scnet.data.pipeline import test_input
 from scnet.engine.cli_args import device_arg, report_user_error, user_errors
-from scnet.image_io import read_rgb, resize_for_test
+from scnet.image_io import read_bgr
 from scnet.presets import resolve_config
 from scnet.records import check_writable_dir, write_json_atomic
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.is_dir():
             raise ConfigError(f"--out {out}: is a folder; give the path of the JSON file to write")
         check_writable_dir(out.parent, "--out")  # before the work, not after it
-        image = read_rgb(args.image)
+        image = read_bgr(args.image)
         weights = read_weights(args.checkpoint, format=args.checkpoint_format)
         cfg = model_config_for(weights, args)
         from scnet.models.detector import Detector
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         return report_user_error(exc)
     model.eval().to(args.device)
-    resized, meta = resize_for_test(image)
+    resized, meta = test_input(image)  # MMDetection's test pipeline (scnet.data.pipeline)
     started = time.perf_counter()
     with torch.inference_mode():
         detections = model([resized.to(args.device)], image_metas=[meta])[0]

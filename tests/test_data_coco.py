@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from scnet.data import CocoInstances, DatasetError, collate
 from scnet.data.masks import encode_mask
 
-W, H = 40, 30
+W, H = 40, 32  # MMDetection's training filter skips images with a side under 32 px
 CATEGORIES = [{"id": 10, "name": "ten"}, {"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]
 
 
@@ -126,6 +126,8 @@ def test_crowd_is_not_a_target_and_is_ignore_in_derived_semantic_map(root: Path)
         warnings.simplefilter("ignore")
         ds = CocoInstances(root, "train", semantic="derived")
     assert ds.stats["crowd_ignored"] == 2
+    assert ds[0][1]["ignored_boxes"].tolist() == [[28, 0, 40, 12]]
+    assert ds[0][1]["ignored_labels"].tolist() == [0]
     assert ds.num_semantic_classes == ds.num_classes + 1 == 4
     _, target, _ = ds[0]
     semantic = target["semantic_seg"].numpy()
@@ -146,10 +148,14 @@ def test_degenerate_boxes_are_dropped_with_a_count(root: Path, caplog: pytest.Lo
     assert "dropped 1 annotation" in caplog.text
 
 
-def test_training_skips_images_without_instances_evaluation_keeps_them(root: Path) -> None:
+def test_training_skips_images_without_annotations_evaluation_keeps_them(root: Path) -> None:
+    """MMDetection's filter_empty_gt looks at the JSON's annotations: image 2 (a crowd region only) is
+    kept for training, with no instances and one ignored region; image 3 (nothing) is skipped."""
     train = CocoInstances(root, "train", semantic=None)
-    assert train.image_ids == [1]
-    assert train.stats["empty_images_skipped"] == 2
+    assert train.image_ids == [1, 2]
+    assert train.stats["empty_images_skipped"] == 1
+    _, crowd_only, _ = train[1]
+    assert crowd_only["boxes"].shape == (0, 4) and crowd_only["ignored_boxes"].shape == (1, 4)
     evaluation = CocoInstances(root, "train", training=False, semantic=None)
     assert evaluation.image_ids == [1, 2, 3]
     _, target, meta = evaluation[2]
@@ -219,7 +225,7 @@ def test_malformed_annotation_fields_are_named(tmp_path: Path, field: str, value
 def test_unreadable_image_is_reported_when_loaded(root: Path) -> None:
     (root / "train2017" / "img1.png").write_bytes(b"this is not a png")
     ds = CocoInstances(root, "train", semantic=None)  # existence is all the constructor checks
-    with pytest.raises(DatasetError, match=r"img1\.png.*cannot read the image"):
+    with pytest.raises(DatasetError, match=r"img1\.png.*not a readable image"):
         ds[0]
 
 
@@ -229,12 +235,40 @@ def test_image_size_disagreeing_with_json_is_reported(root: Path) -> None:
         CocoInstances(root, "train", semantic=None)[0]
 
 
-def test_unusable_polygon_is_dropped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segmentation", [
+    [[5.0, 5.0, 15.0, 5.0]],            # two points: pycocotools would read a box
+    [[5.0, 5.0, 15.0, 5.0, 15.0]],      # odd number of coordinates
+    [],                                 # no polygon at all
+])
+def test_instance_without_usable_mask_becomes_an_ignored_region(tmp_path: Path, segmentation: Any) -> None:
+    """MMDetection's LoadAnnotations sets ignore_flag on such an instance: its box is an ignored region."""
     data = coco_json()
-    data["annotations"][0]["segmentation"] = [[5.0, 5.0, 15.0, 5.0]]  # two points: pycocotools would read a box
+    data["annotations"][0]["segmentation"] = segmentation
     ds = CocoInstances(write_dataset(tmp_path / "coco", data), "train", semantic=None)
-    assert ds.stats["unusable_polygons_dropped"] == 1
-    assert ds[0][1]["labels"].tolist() == [0, 1, 1]
+    assert ds.stats["unusable_masks_ignored"] == 1
+    _, target, _ = ds[0]
+    assert target["labels"].tolist() == [0, 1, 1]
+    assert target["ignored_boxes"].tolist() == [[5, 5, 15, 15], [28, 0, 40, 12]]
+    assert target["ignored_labels"].tolist() == [2, 0]
+
+
+def test_zero_area_and_ignore_flagged_annotations_are_dropped(tmp_path: Path) -> None:
+    data = coco_json()
+    data["annotations"][1]["area"] = 0.0
+    data["annotations"][2]["ignore"] = True
+    ds = CocoInstances(write_dataset(tmp_path / "coco", data), "train", semantic=None)
+    assert ds[0][1]["labels"].tolist() == [2, 1]
+
+
+def test_training_skips_images_with_a_side_under_32_pixels(tmp_path: Path) -> None:
+    data = coco_json()
+    data["images"][0]["height"] = 31
+    for ann in data["annotations"]:
+        ann["segmentation"] = [[1.0, 1.0, 5.0, 1.0, 5.0, 5.0]]
+    root = write_dataset(tmp_path / "coco", data)
+    train = CocoInstances(root, "train", semantic=None)
+    assert train.image_ids == [2] and train.stats["small_images_skipped"] == 1
+    assert CocoInstances(root, "train", training=False, semantic=None).image_ids == [1, 2, 3]
 
 
 def test_derived_semantic_warns_once_per_dataset(root: Path) -> None:
@@ -289,3 +323,11 @@ def test_collate_batches_into_lists_through_a_dataloader(root: Path) -> None:
     assert len(images) == len(targets) == 2 and images[0].shape == (3, H, W)
     with pytest.raises(TypeError, match=r"batch\[0\]"):
         collate([images[0]])
+
+
+@pytest.mark.parametrize("bad", ["five", None])
+def test_polygon_with_a_non_number_coordinate_is_named(tmp_path: Path, bad: Any) -> None:
+    data = coco_json()
+    data["annotations"][0]["segmentation"] = [[5.0, 5.0, 15.0, bad, 15.0, 15.0]]
+    with pytest.raises(DatasetError, match=r"annotation id 1 \(image id 1\).*'segmentation'"):
+        CocoInstances(write_dataset(tmp_path / "coco", data), "train", semantic=None)

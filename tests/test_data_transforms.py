@@ -1,33 +1,37 @@
-"""Keep-ratio resize and horizontal flip (MMDetection's rules) and their reproducible randomness."""
+"""Keep-ratio resize and horizontal flip (MMDetection's rules, OpenCV's kernels) and their reproducible
+randomness. Samples here are the pipeline's numpy stage: uint8 BGR [H, W, 3] images, numpy targets."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from scnet.data import build_transforms, epoch_permutation, sample_generator
-from scnet.data.transforms import RandomHorizontalFlip, Resize, horizontal_flip, rescale_size
+from scnet.data.pipeline import (RandomHorizontalFlip, Resize, horizontal_flip, pack, padded_shape, rescale_size,
+                                 test_input, to_model_image, uint8_bgr_chw)
 
 W, H = 40, 30
 
 
-def sample() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, H, W), generator=generator).float()
-    masks = torch.zeros((2, H, W), dtype=torch.uint8)
+def sample() -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    masks = np.zeros((2, H, W), dtype=np.uint8)
     masks[0, 4:10, 6:20] = 1
     masks[1, 15:29, 30:39] = 1
-    semantic = torch.zeros((H, W), dtype=torch.int64)
-    semantic[masks[0].bool()] = 3
-    semantic[masks[1].bool()] = 255
-    target = {"boxes": torch.tensor([[6.0, 4.0, 20.0, 10.0], [30.0, 15.0, 39.0, 29.0]]),
-              "labels": torch.tensor([2, 0]), "masks": masks, "semantic_seg": semantic}
+    semantic = np.zeros((H, W), dtype=np.uint8)
+    semantic[masks[0].astype(bool)] = 3
+    semantic[masks[1].astype(bool)] = 255
+    target = {"boxes": np.array([[6.0, 4.0, 20.0, 10.0], [30.0, 15.0, 39.0, 29.0]], dtype=np.float32),
+              "labels": np.array([2, 0]), "masks": masks, "semantic_seg": semantic,
+              "ignored_boxes": np.array([[1.0, 2.0, 5.0, 7.0]], dtype=np.float32), "ignored_labels": np.array([1])}
     meta = {"image_id": 1, "ori_shape": (H, W), "img_shape": (H, W), "scale_factor": (1.0, 1.0), "flip": False}
     return image, target, meta
 
 
-def tight_box(mask: torch.Tensor) -> list[float]:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
+def tight_box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
@@ -48,34 +52,41 @@ def test_rescale_size_follows_mmdetection(width: int, height: int, scale: tuple[
 def test_upscale_by_two_records_meta_and_scales_targets() -> None:
     image, target, meta = sample()
     out_image, out, out_meta = Resize((80, 60))(image, target, meta)
-    assert out_image.shape == (3, 60, 80)
+    assert out_image.shape == (60, 80, 3) and out_image.dtype == np.uint8
     assert out_meta["img_shape"] == (60, 80) and out_meta["ori_shape"] == (H, W)
     assert out_meta["scale_factor"] == (2.0, 2.0)
-    torch.testing.assert_close(out["boxes"], target["boxes"] * 2)
+    np.testing.assert_array_equal(out["boxes"], target["boxes"] * 2)
+    np.testing.assert_array_equal(out["ignored_boxes"], target["ignored_boxes"] * 2)
     # nearest: every source pixel becomes a 2x2 block
-    block = torch.ones((2, 2), dtype=torch.uint8)
+    block = np.ones((2, 2), dtype=np.uint8)
     for k in range(2):
-        assert torch.equal(out["masks"][k], torch.kron(target["masks"][k], block))
-    assert torch.equal(out["semantic_seg"], torch.kron(target["semantic_seg"], block.long()))
-    assert out["semantic_seg"].dtype == torch.int64
+        np.testing.assert_array_equal(out["masks"][k], np.kron(target["masks"][k], block))
+    np.testing.assert_array_equal(out["semantic_seg"], np.kron(target["semantic_seg"], block))
+    assert out["semantic_seg"].dtype == np.uint8
+
+
+def test_image_is_resized_as_uint8_by_opencv_bilinear() -> None:
+    image, target, meta = sample()
+    out_image, _, _ = Resize((1333, 800))(image, target, meta)
+    expected = cv2.resize(image, (1067, 800), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(out_image, expected)
 
 
 def test_image_interpolation_is_bilinear_with_half_pixel_centres() -> None:
-    image = torch.zeros((3, 2, 2))
-    image[:, :, 1] = 100.0
-    target = {"boxes": torch.zeros((0, 4)), "masks": torch.zeros((0, 2, 2), dtype=torch.uint8)}
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    image[:, 1] = 100
+    target = {"boxes": np.zeros((0, 4), dtype=np.float32), "masks": np.zeros((0, 2, 2), dtype=np.uint8)}
     out_image, out, _ = Resize((4, 4))(image, target, {})
     # output column x samples source x' = (x + 0.5) / 2 - 0.5: -0.25, 0.25, 0.75, 1.25 -> 0, 25, 75, 100
-    assert out_image[0, 0].tolist() == [0.0, 25.0, 75.0, 100.0]
+    assert out_image[0, :, 0].tolist() == [0, 25, 75, 100]
     assert out["masks"].shape == (0, 4, 4)
 
 
-def test_downscale_picks_nearest_source_pixels_and_keeps_whole_values() -> None:
+def test_downscale_picks_nearest_source_pixels() -> None:
     image, target, meta = sample()
-    out_image, out, out_meta = Resize((20, 15))(image, target, meta)
+    _, out, out_meta = Resize((20, 15))(image, target, meta)
     assert out_meta["scale_factor"] == (0.5, 0.5)
-    assert torch.equal(out["masks"], target["masks"][:, ::2, ::2])
-    assert torch.equal(out_image, out_image.round()) and out_image.min() >= 0 and out_image.max() <= 255
+    np.testing.assert_array_equal(out["masks"], target["masks"][:, ::2, ::2])
 
 
 def test_non_integer_scale_factor_is_per_axis_and_boxes_are_clipped() -> None:
@@ -86,6 +97,7 @@ def test_non_integer_scale_factor_is_per_axis_and_boxes_are_clipped() -> None:
     sx, sy = out_meta["scale_factor"]
     assert sx == pytest.approx(1067 / W) and sy == pytest.approx(800 / H)
     assert out["boxes"][0].tolist() == pytest.approx([6 * sx, 4 * sy, 20 * sx, 10 * sy])
+    assert out["boxes"].dtype == np.float32
     assert out["boxes"][1, 2] == 1067
     assert out["masks"].shape == (2, 800, 1067)
 
@@ -94,11 +106,12 @@ def test_flip_mirrors_boxes_masks_semantic_and_image_consistently() -> None:
     image, target, _ = sample()
     flipped_image, flipped = horizontal_flip(image, target)
     assert flipped["boxes"].tolist() == [[W - 20.0, 4.0, W - 6.0, 10.0], [W - 39.0, 15.0, W - 30.0, 29.0]]
+    assert flipped["ignored_boxes"].tolist() == [[W - 5.0, 2.0, W - 1.0, 7.0]]
     for k in range(2):
         assert tight_box(flipped["masks"][k]) == flipped["boxes"][k].tolist()
-    assert torch.equal(flipped["semantic_seg"][:, 0], target["semantic_seg"][:, W - 1])
-    assert torch.equal(flipped_image[:, :, 0], image[:, :, W - 1])
-    assert torch.equal(horizontal_flip(*horizontal_flip(image, target))[1]["masks"], target["masks"])
+    np.testing.assert_array_equal(flipped["semantic_seg"][:, 0], target["semantic_seg"][:, W - 1])
+    np.testing.assert_array_equal(flipped_image[:, 0], image[:, W - 1])
+    np.testing.assert_array_equal(horizontal_flip(*horizontal_flip(image, target))[1]["masks"], target["masks"])
     assert flipped["labels"] is target["labels"]
 
 
@@ -116,19 +129,38 @@ def test_flip_decision_comes_from_the_generator() -> None:
 def test_build_transforms_train_resizes_then_flips_eval_only_resizes() -> None:
     train, evaluation = build_transforms(train=True, scale=(80, 60)), build_transforms(train=False, scale=(80, 60))
     image, target, meta = sample()
-    seeds = range(40)
     flips = []
-    for i in seeds:
+    for i in range(40):
         out_image, out, out_meta = train(image, target, meta, sample_generator(3, 0, i))
         ref_image, ref, ref_meta = evaluation(image, target, meta, sample_generator(3, 0, i))
         assert ref_meta["flip"] is False and out_meta["img_shape"] == ref_meta["img_shape"] == (60, 80)
         if out_meta["flip"]:
             ref_image, ref = horizontal_flip(ref_image, ref)
-        assert torch.equal(out_image, ref_image) and torch.equal(out["masks"], ref["masks"])
-        torch.testing.assert_close(out["boxes"], ref["boxes"])
+        np.testing.assert_array_equal(out_image, ref_image)
+        np.testing.assert_array_equal(out["masks"], ref["masks"])
+        np.testing.assert_array_equal(out["boxes"], ref["boxes"])
         flips.append(out_meta["flip"])
     assert any(flips) and not all(flips)
     assert build_transforms(train=False, scale=None)(image, target, meta)[0] is image
+
+
+def test_pack_gives_the_model_float_rgb_and_tensors() -> None:
+    image, target, meta = sample()
+    tensor, targets, packed_meta = pack(image, target, meta)
+    assert tensor.dtype == torch.float32 and tensor.shape == (3, H, W)
+    np.testing.assert_array_equal(tensor[0].numpy(), image[:, :, 2].astype(np.float32))  # R first
+    np.testing.assert_array_equal(uint8_bgr_chw(tensor), image.transpose(2, 0, 1))
+    assert targets["semantic_seg"].dtype == torch.int64 and targets["masks"].dtype == torch.uint8
+    assert targets["boxes"].dtype == torch.float32
+    assert packed_meta["pad_shape"] == padded_shape((H, W)) == (32, 64)
+
+
+def test_test_input_resizes_and_records_how_to_map_back() -> None:
+    image, _, _ = sample()
+    tensor, meta = test_input(image, (80, 60))
+    assert tensor.shape == (3, 60, 80)
+    assert meta["ori_shape"] == (H, W) and meta["scale_factor"] == (2.0, 2.0) and meta["pad_shape"] == (64, 96)
+    torch.testing.assert_close(tensor, to_model_image(cv2.resize(image, (80, 60), interpolation=cv2.INTER_LINEAR)))
 
 
 def test_bad_transform_arguments_are_refused() -> None:

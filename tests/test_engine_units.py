@@ -335,3 +335,35 @@ def test_train_cli_rejects_bad_input(capsys):
     with pytest.raises(SystemExit):
         main(["--config", "/nonexistent/config.json"])
     assert "file not found" in capsys.readouterr().err
+
+
+def test_aspect_ratio_grouping_makes_each_global_batch_one_orientation():
+    groups = [i % 3 == 0 for i in range(23)]  # 8 portrait-ish, 15 landscape-ish, mixed through the order
+
+    def batches(world, start=0, epoch=0):
+        per_rank = [list(ResumableBatchSampler(num_items=23, global_batch=4, seed=5, epoch=epoch, rank=r,
+                                               world_size=world, start_batch=start, aspect_groups=groups))
+                    for r in range(world)]
+        return [sum((per_rank[r][b] for r in range(world)), []) for b in range(len(per_rank[0]))]
+
+    one = batches(1)
+    assert len(one) == 23 // 4
+    indices = [index for batch in one for index, _ in batch]
+    assert len(set(indices)) == len(indices) == 20
+    mixed = [batch for batch in one if len({groups[i] for i, _ in batch}) > 1]
+    assert len(mixed) <= 1 and (not mixed or mixed[0] is one[-1])  # only the leftovers may mix
+    assert batches(2) == one and batches(4) == one
+    assert batches(2, start=2) == one[2:]
+    assert batches(1, epoch=1) != one
+    # one orientation throughout: grouping leaves the shuffled order as it was
+    same = [list(ResumableBatchSampler(num_items=23, global_batch=4, seed=5, epoch=0, aspect_groups=[1] * 23))]
+    assert same[0] == _global_batches(1)
+
+
+def test_aspect_grouped_follows_mmdetections_bucket_rule():
+    from scnet.engine.sampling import aspect_grouped
+
+    order = [0, 1, 2, 3, 4, 5, 6]
+    groups = [0, 1, 1, 0, 1, 0, 0]
+    # bucket 1 fills first with 1, 2, 4 (batch 3); bucket 0 then with 0, 3, 5; leftovers: 6
+    assert aspect_grouped(order, groups, 3) == [1, 2, 4, 0, 3, 5, 6]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import scnet
 import scnet.build
@@ -118,10 +119,11 @@ def test_refused_replace_on_an_explicit_config(no_layers):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_scnet_is_cascade_with_all_components(size):
-    """Table 2's last row (Cascade Mask R-CNN + semantic + SC + FR + GC) is the scnet preset."""
+    """Table 2's last row (Cascade Mask R-CNN + semantic + SC + FR + GC) is the scnet preset, with the
+    box stages' low-quality matching that MMDetection's SCNet config keeps (its Cascade config drops it)."""
     scnet_cfg = resolve_config(f"scnet_{size}")
     spelled = resolve_config(f"cascade_mask_rcnn_{size}", semantic=True, sample_consistency="effective",
-                             feature_relay=True, global_context=True)
+                             feature_relay=True, global_context=True, rcnn_match_low_quality=True)
     assert spelled == scnet_cfg
     assert hash(spelled) == hash(scnet_cfg)
     assert json.dumps(spelled.to_dict(), sort_keys=True) == json.dumps(scnet_cfg.to_dict(), sort_keys=True)
@@ -139,14 +141,15 @@ def test_scnet_is_cascade_with_all_components(size):
 @pytest.mark.parametrize("size", SIZES)
 def test_other_spellings_of_the_same_network(size):
     cascade, scnet_name = f"cascade_mask_rcnn_{size}", f"scnet_{size}"
-    # HTC = cascade + interleaved mask flow + semantic
-    assert resolve_config(f"htc_{size}") == resolve_config(cascade, mask_flow="htc", semantic=True)
+    # HTC = cascade + interleaved mask flow + semantic (+ MMDetection HTC's low-quality matching)
+    assert resolve_config(f"htc_{size}") == resolve_config(cascade, mask_flow="htc", semantic=True,
+                                                           rcnn_match_low_quality=True)
     # Table 5, lambda = None, is Table 2's SC + FR row
     assert resolve_config(scnet_name, global_context=False) == resolve_config(
-        cascade, semantic=True, sample_consistency="effective", feature_relay=True)
+        cascade, semantic=True, sample_consistency="effective", feature_relay=True, rcnn_match_low_quality=True)
     # switching SC off on scnet brings back the 4-conv branches and the plain semantic head
     assert resolve_config(scnet_name, sample_consistency="none") == resolve_config(
-        cascade, semantic=True, feature_relay=True, global_context=True)
+        cascade, semantic=True, feature_relay=True, global_context=True, rcnn_match_low_quality=True)
     # flags equal to the preset's own values change nothing, in any order
     assert resolve_config(scnet_name, global_context=True, feature_relay=True, semantic=True,
                           sample_consistency="effective") == resolve_config(scnet_name)
@@ -168,7 +171,8 @@ def test_integer_and_float_spellings_serialise_identically():
 def test_two_spellings_build_the_same_layers():
     a = build_model("scnet_r18_smoke", num_classes=3, num_semantic_classes=4)
     b = build_model("cascade_mask_rcnn_r18_smoke", num_classes=3, num_semantic_classes=4, semantic=True,
-                    sample_consistency="effective", feature_relay=True, global_context=True)
+                    sample_consistency="effective", feature_relay=True, global_context=True,
+                    rcnn_match_low_quality=True)
     shapes_a = {k: tuple(v.shape) for k, v in a.state_dict().items()}
     shapes_b = {k: tuple(v.shape) for k, v in b.state_dict().items()}
     assert shapes_a == shapes_b
@@ -223,3 +227,30 @@ def test_config_is_frozen():
         cfg.feature_relay = False  # type: ignore[misc]
     assert cfg.replace(feature_relay=False).feature_relay is False
     assert cfg.feature_relay is True
+
+
+@pytest.mark.parametrize("arch,low_quality,allowed_border", [
+    ("mask_rcnn", True, -1), ("cascade_mask_rcnn", False, 0), ("htc", True, 0), ("scnet", True, 0)])
+@pytest.mark.parametrize("size", SIZES)
+def test_training_settings_are_mmdetection_configs(arch, low_quality, allowed_border, size):
+    """MMDetection 3.3.0's train_cfg: rcnn assigners' match_low_quality (left at its default True by
+    Mask R-CNN, HTC and SCNet; False in Cascade Mask R-CNN) and the RPN's allowed_border (-1 / 0)."""
+    cfg = resolve_config(f"{arch}_{size}")
+    assert cfg.rcnn_match_low_quality is low_quality
+    assert cfg.rpn_allowed_border == allowed_border
+
+
+@pytest.mark.parametrize("fpn_init,zero_bias", [("xavier", True), ("pytorch", False)])
+def test_fpn_initialisation_follows_the_config(fpn_init, zero_bias):
+    """MMDetection's FPN is xavier-uniform with zero bias (the R50/R101/X101 presets); the smoke presets
+    keep PyTorch's default (uniform bias), under which their random-init backbones train well."""
+    assert resolve_config("scnet_r50").fpn_init == "xavier"
+    assert resolve_config("scnet_r18_smoke").fpn_init == "pytorch"
+    torch.manual_seed(0)
+    model = build_model("mask_rcnn_r18_smoke", num_classes=3, fpn_init=fpn_init)
+    convs = [*model.neck.lateral, *model.neck.output]
+    assert all(bool((conv.bias == 0).all()) == zero_bias for conv in convs)
+    if fpn_init == "xavier":
+        for conv in convs:  # xavier-uniform bound: sqrt(6 / (fan_in + fan_out))
+            fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+            assert float(conv.weight.abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5

@@ -310,7 +310,7 @@ def test_inference_contract_and_rescaling(name, arch, flags):
 
 class _LossSpy:
     """Records the unweighted mask BCE (logits [P, 28, 28]), multi-label BCE ([B, C]) and semantic CE
-    ([B, S, h, w]) the R-CNN heads compute, so the weighted dict entries can be checked against them."""
+    ([B, S, h, w], averaged over all pixels as MMDetection 3.3 does) the R-CNN heads compute, so the weighted dict entries can be checked against them."""
 
     def __init__(self, monkeypatch):
         self.mask, self.multilabel, self.semantic = [], [], []
@@ -327,7 +327,9 @@ class _LossSpy:
         def spy_ce(input, target, *args, **kwargs):
             out = ce(input, target, *args, **kwargs)
             if input.dim() == 4:
-                self.semantic.append(out.detach())
+                # MMDetection 3.3's semantic CE: the mean over every pixel, ignored ones (loss 0) included
+                per_pixel = ce(input, target, ignore_index=kwargs.get("ignore_index", -100), reduction="none")
+                self.semantic.append(per_pixel.mean().detach())
             return out
 
         monkeypatch.setattr(F, "binary_cross_entropy_with_logits", spy_bce)

@@ -12,7 +12,8 @@ import torch
 from scnet import build_model
 from scnet.checkpoints import load_checkpoint, mmdet_to_ours
 from scnet.equivalence import match_detections, write_reference_checkpoint
-from scnet.image_io import read_rgb, resize_for_test
+from scnet.data.pipeline import test_input
+from scnet.image_io import read_bgr
 from scnet.presets import MMDET_PRESETS
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -42,8 +43,7 @@ def test_parameter_count_and_key_map_match_the_manifest(preset):
 
 @pytest.fixture(scope="module")
 def coffee():
-    image = read_rgb(REFERENCE / "oracle" / "coffee_1200x800.png")
-    return resize_for_test(image)
+    return test_input(read_bgr(REFERENCE / "oracle" / "coffee_1200x800.png"))
 
 
 @pytest.fixture()
@@ -79,3 +79,63 @@ def test_reference_weights_reproduce_mmdetection_detections(preset, coffee, tmp_
     assert report.total > 0
     assert report.all_matched, f"{preset}: unmatched MMDetection detections {report.unmatched}"
     assert detections["masks"].shape[-2:] == (800, 1200)
+
+
+# ---------------------------------------------------------------------------------------------- the rule
+def _as_ours(reference: dict) -> dict:
+    """MMDetection's detections in the form our model returns them."""
+    from pycocotools import mask as mask_utils
+
+    return {"boxes": torch.tensor(reference["bboxes_xyxy"], dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.tensor(reference["scores"], dtype=torch.float32),
+            "labels": torch.tensor(reference["labels"], dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack([mask_utils.decode(r) for r in reference["masks_rle"]]).astype(bool))}
+
+
+def _one(box: list[float], mask: np.ndarray, score: float = 0.5, label: int = 3) -> tuple[dict, dict]:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    reference = {"bboxes_xyxy": [box], "scores": [score], "labels": [label], "masks_rle": [rle]}
+    return reference, _as_ours(reference)
+
+
+@pytest.mark.parametrize("preset", ORACLE_PRESETS)
+def test_mmdetection_matches_itself_under_the_rule(preset):
+    oracle = json.loads((REFERENCE / "oracle" / f"{preset}.coffee.mmdet_outputs.json").read_text())["detections"]
+    report = match_detections(oracle, _as_ours(oracle))
+    assert report.total > 0 and report.all_matched
+
+
+def test_rule_tolerates_one_pixel_boundary_flips_of_thin_masks_only():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:13, 5:55] = True                     # a 3-px tall stripe: a 1-px shift halves its IoU
+    reference, ours = _one([5, 10, 55, 13], mask)
+    ours["masks"] = torch.from_numpy(np.roll(mask, 1, axis=0))[None]
+    assert match_detections(reference, ours).all_matched
+    ours["masks"] = torch.from_numpy(np.roll(mask, 3, axis=0))[None]
+    assert not match_detections(reference, ours).all_matched
+
+
+def test_rule_skips_masks_of_boxes_under_three_pixels_but_checks_their_box_label_and_score():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:12, 5:30] = True
+    reference, ours = _one([5, 10, 30, 12.5], mask)
+    ours["masks"] = torch.zeros_like(ours["masks"])
+    assert match_detections(reference, ours).all_matched
+    for field, value in (("labels", torch.tensor([4])), ("scores", torch.tensor([0.52])),
+                         ("boxes", torch.tensor([[5.0, 10.0, 31.5, 12.5]]))):
+        changed = dict(ours, **{field: value})
+        assert not match_detections(reference, changed).all_matched, field
+
+
+def test_rule_accepts_box_corners_within_one_pixel_and_ignores_low_scores():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:35, 5:55] = True
+    reference, ours = _one([5, 5, 55, 35], mask)
+    ours["boxes"] = torch.tensor([[5.9, 4.1, 55.9, 35.9]])
+    assert match_detections(reference, ours).all_matched
+    low, _ = _one([5, 5, 55, 35], mask, score=0.04)
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 40, 60, dtype=torch.bool)}
+    assert match_detections(low, empty).total == 0

@@ -163,3 +163,26 @@ def test_a_device_this_machine_lacks(device, smoke_checkpoint, photo, tmp_path, 
         main(_args(smoke_checkpoint, photo, tmp_path / "d.json") + ["--device", device])
     assert exit_.value.code == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_decompression_bomb_is_refused_before_any_work(smoke_checkpoint, tmp_path, capsys):
+    from tests.test_data_image_io import png_claiming
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(50_000, 50_000))
+    code = main(["--preset", "mask_rcnn_r18_smoke", "--checkpoint", str(smoke_checkpoint), "--image", str(bomb),
+                 "--out", str(tmp_path / "d.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(bomb) in err and "decompression bomb" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "d.json").exists()
+
+
+def test_grey_16bit_png_is_predicted_at_its_size(smoke_checkpoint, tmp_path):
+    import cv2
+
+    grey16 = tmp_path / "grey16.png"
+    cv2.imwrite(str(grey16), (np.arange(90 * 140).reshape(90, 140) * 5).astype(np.uint16))
+    out = tmp_path / "dets.json"
+    assert main(["--preset", "mask_rcnn_r18_smoke", "--checkpoint", str(smoke_checkpoint), "--image", str(grey16),
+                 "--out", str(out), "--score-thr", "0.0"]) == 0
+    assert all(r["segmentation"]["size"] == [90, 140] for r in json.loads(out.read_text()))

@@ -22,6 +22,9 @@
 | roi_head.glbctx_head.fc                       | roi_heads.global_context.classifier          |
 
 Every rule is a full match, so a name that no rule covers is reported rather than guessed.
+`ours_to_mmdet` is the inverse (used to report gradients under MMDetection's parameter names); it needs
+to know whether the box and mask heads are indexed by stage, which MMDetection does only for lists of
+heads (`roi_head.bbox_head.fc_cls` in Mask R-CNN, `roi_head.bbox_head.0.fc_cls` in the cascades).
 """
 from __future__ import annotations
 
@@ -98,3 +101,64 @@ def mmdet_to_ours(name: str) -> str:
             if inner is not None:
                 return f"{prefix}.{inner}"
     raise UnmappedKeyError(f"no rule maps the MMDetection tensor name {name!r}")
+
+
+# Inverse rules: (our pattern, MMDetection replacement)
+_INV_HEAD_RULES: list[tuple[str, str]] = [
+    (rf"fcs\.(\d+)\.{_P}", r"shared_fcs.\1.\2"),
+    (rf"classifier\.{_P}", r"fc_cls.\1"),
+    (rf"regressor\.{_P}", r"fc_reg.\1"),
+]
+_INV_MASK_RULES: list[tuple[str, str]] = [
+    (rf"convs\.(\d+)\.conv\.{_P}", r"convs.\1.conv.\2"),
+    (rf"blocks\.(\d+)\.conv([12])\.{_P}", r"convs.\1.conv\2.\3"),
+    (rf"feature_flow\.conv\.{_P}", r"conv_res.conv.\1"),
+    (rf"upsample\.{_P}", r"upsample.\1"),
+    (rf"logits\.{_P}", r"conv_logits.\1"),
+]
+_INV_SEMANTIC_RULES: list[tuple[str, str]] = [
+    (rf"lateral\.(\d+)\.conv\.{_P}", r"lateral_convs.\1.conv.\2"),
+    (rf"convs\.(\d+)\.conv\.{_P}", r"convs.\1.conv.\2"),
+    (rf"blocks\.(\d+)\.conv([12])\.{_P}", r"convs.\1.conv\2.\3"),
+    (rf"embedding\.conv\.{_P}", r"conv_embedding.conv.\1"),
+    (rf"logits\.{_P}", r"conv_logits.\1"),
+]
+_INV_GLBCTX_RULES: list[tuple[str, str]] = [
+    (rf"blocks\.(\d+)\.conv([12])\.{_P}", r"convs.\1.conv\2.\3"),
+    (rf"classifier\.{_P}", r"fc.\1"),
+]
+_INV_TOP_RULES: list[tuple[str, str]] = [
+    (r"backbone\.(.+)", r"backbone.\1"),
+    (rf"neck\.lateral\.(\d+)\.{_P}", r"neck.lateral_convs.\1.conv.\2"),
+    (rf"neck\.output\.(\d+)\.{_P}", r"neck.fpn_convs.\1.conv.\2"),
+    (rf"rpn\.conv\.{_P}", r"rpn_head.rpn_conv.\1"),
+    (rf"rpn\.objectness\.{_P}", r"rpn_head.rpn_cls.\1"),
+    (rf"rpn\.deltas\.{_P}", r"rpn_head.rpn_reg.\1"),
+    (rf"roi_heads\.feature_relays\.0\.fc\.{_P}", r"roi_head.feat_relay_head.fc.\1"),
+]
+
+
+def ours_to_mmdet(name: str, *, box_stages: int, mask_heads: int) -> str:
+    """MMDetection's name for one of our parameters/buffers (the inverse of `mmdet_to_ours`).
+
+    `box_stages` / `mask_heads`: how many box / mask heads the model has; MMDetection indexes a head by
+    stage only when there are several."""
+    mapped = _apply(_INV_TOP_RULES, name)
+    if mapped is not None:
+        return mapped
+    for pattern, prefix, rules, count in (
+            (r"roi_heads\.box_heads\.(\d+)\.(.+)", "roi_head.bbox_head", _INV_HEAD_RULES, box_stages),
+            (r"roi_heads\.mask_heads\.(\d+)\.(.+)", "roi_head.mask_head", _INV_MASK_RULES, mask_heads)):
+        match = re.fullmatch(pattern, name)
+        if match:
+            inner = _apply(rules, match.group(2))
+            if inner is not None:
+                return f"{prefix}.{match.group(1)}.{inner}" if count > 1 else f"{prefix}.{inner}"
+    for pattern, prefix, rules in ((r"roi_heads\.semantic_head\.(.+)", "roi_head.semantic_head", _INV_SEMANTIC_RULES),
+                                   (r"roi_heads\.global_context\.(.+)", "roi_head.glbctx_head", _INV_GLBCTX_RULES)):
+        match = re.fullmatch(pattern, name)
+        if match:
+            inner = _apply(rules, match.group(1))
+            if inner is not None:
+                return f"{prefix}.{inner}"
+    raise UnmappedKeyError(f"no rule maps our tensor name {name!r} to an MMDetection one")

@@ -2,12 +2,12 @@
 
 See docs/interfaces.md ("Data") for the contract the trainer and evaluator code against.
 """
-from scnet.data.coco import CocoInstances
+from scnet.data.coco import CocoInstances, load_sample
 from scnet.data.collate import collate
 from scnet.data.errors import DatasetError
 from scnet.data.seeding import epoch_permutation, sample_generator
 from scnet.data.synthetic import ensure_synthetic, generate_synthetic
-from scnet.data.transforms import build_transforms
+from scnet.data.pipeline import build_transforms
 
 __all__ = ["CocoInstances", "DatasetError", "build_transforms", "collate", "ensure_synthetic",
-           "epoch_permutation", "generate_synthetic", "sample_generator"]
+           "epoch_permutation", "generate_synthetic", "load_sample", "sample_generator"]

@@ -157,15 +157,15 @@ def compact_dataset(dataset: Any) -> Any:
     keeping only the images and annotations the dataset uses; returns the dataset."""
     coco = dataset.coco
     image_ids = list(dataset.image_ids)
-    instance_ids, crowd_ids = dataset._instance_ids, dataset._crowd_ids
-    used = sorted({int(i) for ids in (*instance_ids, *crowd_ids) for i in ids})
+    instance_ids, ignored_ids = dataset._instance_ids, dataset._ignored_ids
+    used = sorted({int(i) for ids in (*instance_ids, *ignored_ids) for i in ids})
     compact = CompactCOCO(ImageTable([coco.imgs[i] for i in image_ids]),
                           AnnotationTable([coco.anns[i] for i in used]),
                           {int(k): dict(v) for k, v in coco.cats.items()})
     dataset._instance_ids = Ragged(instance_ids)
-    dataset._crowd_ids = Ragged(crowd_ids)
+    dataset._ignored_ids = Ragged(ignored_ids)
     dataset.coco = compact
-    del coco, instance_ids, crowd_ids
+    del coco, instance_ids, ignored_ids
     gc.collect()
     release_freed_memory()
     return dataset

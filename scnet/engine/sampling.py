@@ -6,6 +6,12 @@ seed, derived from (seed, epoch, position), under which its augmentation (the ra
 the images are the same whether loaded in the main process or in any worker (`CocoInstances` also
 seeds its own transform generator from (seed, epoch, index) after `set_epoch`; the per-sample seed
 here additionally pins anything that draws from the global generators).
+
+Batches are grouped by aspect ratio as MMDetection's `AspectRatioBatchSampler` does (bucket 0: width <
+height, bucket 1: the rest; a batch is emitted when a bucket fills, leftovers form the last batches),
+so padding to the batch's largest image wastes little. MMDetection groups each GPU's batch; here each
+*global* batch is one bucket, which groups every GPU's slice as well and keeps a global batch the same
+set of images for any process count.
 """
 from __future__ import annotations
 
@@ -22,16 +28,35 @@ def epoch_order(seed: int, epoch: int, num_items: int) -> list[int]:
     return epoch_permutation(num_items, seed, epoch)
 
 
+def aspect_grouped(order: Sequence[int], groups: Sequence[int], batch: int) -> list[int]:
+    """`order` rearranged so that every run of `batch` items comes from one aspect bucket, in the order
+    the buckets fill; the leftovers of both buckets follow, bucket 0 first (MMDetection's rule)."""
+    buckets: dict[int, list[int]] = {0: [], 1: []}
+    grouped: list[int] = []
+    for index in order:
+        bucket = buckets[1 if groups[index] else 0]
+        bucket.append(index)
+        if len(bucket) == batch:
+            grouped.extend(bucket)
+            bucket.clear()
+    return grouped + buckets[0] + buckets[1]
+
+
 def iters_per_epoch(num_items: int, global_batch: int) -> int:
     """Full global batches per epoch (the last, incomplete one is dropped)."""
     return num_items // global_batch
 
 
 class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Yields this rank's `(dataset_index, sample_seed)` lists for batches `start_batch..` of one epoch."""
+    """Yields this rank's `(dataset_index, sample_seed)` lists for batches `start_batch..` of one epoch.
+
+    `aspect_groups` (per dataset index: 0 if width < height else 1, e.g. `CocoInstances.aspect_groups()`)
+    groups the batches by aspect ratio; None keeps the plain shuffled order.
+    """
 
     def __init__(self, *, num_items: int, global_batch: int, seed: int, epoch: int,
-                 rank: int = 0, world_size: int = 1, start_batch: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, start_batch: int = 0,
+                 aspect_groups: Sequence[int] | None = None) -> None:
         if global_batch % world_size:
             raise ValueError(f"global batch size {global_batch} is not divisible by {world_size} processes")
         if iters_per_epoch(num_items, global_batch) < 1:
@@ -45,12 +70,17 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         self.world_size = world_size
         self.start_batch = start_batch
         self.per_rank = global_batch // world_size
+        if aspect_groups is not None and len(aspect_groups) != num_items:
+            raise ValueError(f"aspect_groups has {len(aspect_groups)} entries for {num_items} items")
+        self.aspect_groups = None if aspect_groups is None else list(aspect_groups)
 
     def __len__(self) -> int:
         return max(0, iters_per_epoch(self.num_items, self.global_batch) - self.start_batch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.seed, self.epoch, self.num_items)
+        if self.aspect_groups is not None:
+            order = aspect_grouped(order, self.aspect_groups, self.global_batch)
         for batch in range(self.start_batch, iters_per_epoch(self.num_items, self.global_batch)):
             first = batch * self.global_batch + self.rank * self.per_rank
             positions = range(first, first + self.per_rank)

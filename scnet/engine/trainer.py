@@ -152,7 +152,8 @@ def _make_loader(dataset: Any, *, collate_fn: Callable, run_config: RunConfig, e
         dataset.set_epoch(epoch)
     sampler = ResumableBatchSampler(
         num_items=len(dataset), global_batch=run_config.schedule.batch_size, seed=run_config.seed,
-        epoch=epoch, rank=distributed.rank(), world_size=distributed.world_size(), start_batch=start_batch)
+        epoch=epoch, rank=distributed.rank(), world_size=distributed.world_size(), start_batch=start_batch,
+        aspect_groups=dataset.aspect_groups() if hasattr(dataset, "aspect_groups") else None)
     # An explicit generator keeps the loader from drawing its worker base seed from the global
     # generator, which the model's samplers use (resume would otherwise shift their stream).
     return DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate_fn,

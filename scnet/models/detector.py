@@ -11,6 +11,8 @@ from scnet.models.fpn import FPN
 from scnet.models.init import init_detector
 from scnet.models.roi_heads import RoIHeads
 from scnet.models.rpn import RPN
+from scnet.models.sampling import SAMPLING_MODES
+from scnet.models.step_record import SamplingContext, StepRecord
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -28,13 +30,18 @@ class Detector(nn.Module):
         self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels)
         self.rpn = RPN(cfg.fpn_channels, bbox_loss=cfg.rpn_bbox_loss, train_pre_nms=cfg.rpn_train_pre_nms,
                        train_post_nms=cfg.rpn_train_post_nms, test_pre_nms=cfg.rpn_test_pre_nms,
-                       test_post_nms=cfg.rpn_test_post_nms)
+                       test_post_nms=cfg.rpn_test_post_nms, allowed_border=cfg.rpn_allowed_border,
+                       size_divisor=SIZE_DIVISOR)
         self.roi_heads = RoIHeads(cfg, num_levels=5)
         init_detector(self)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
         self.mask_sample_ious: dict[int, torch.Tensor] = {}
         self.generator: torch.Generator | None = None  # sampling RNG; the trainer may seed its own
+        # "random": MMDetection's RandomSampler; "all": every sampler takes every candidate (deterministic,
+        # for comparing one step with MMDetection's, see scnet.train_step)
+        self.sampling = "random"
+        self.last_step: StepRecord | None = None  # sample counts and accuracies of the latest training forward
 
     def batch(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Normalise each image, then zero-pad the batch to a common size divisible by 32."""
@@ -66,27 +73,48 @@ class Detector(nn.Module):
         return self.neck(self.backbone(batch))
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None,
-                image_metas: list[dict] | None = None):
+                image_metas: list[dict] | None = None, proposals: list[torch.Tensor] | None = None):
+        """`proposals` (training only): boxes [K, 4] per image in input pixels that replace the RPN's;
+        the RPN then neither runs nor has losses (MMDetection's `given_proposals`)."""
         if not isinstance(images, (list, tuple)) or not images:
             raise TypeError("images must be a non-empty list of [3, H, W] float tensors (RGB, 0..255)")
         batch, sizes = self.batch(list(images))
         features = self.features(batch)
-        logits, deltas = self.rpn.head(features)
-        anchors = self.rpn.anchors(features)
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets (boxes, labels, masks per image); "
                                  "call model.eval() for inference")
-            targets = [self._on_device(t, batch.device) for t in targets]
-            losses = self.rpn.loss(logits, deltas, anchors, [t["boxes"] for t in targets], self.generator)
-            proposals = self.rpn.proposals(logits, deltas, anchors, sizes)
-            semantic = self._pad_semantic(targets, tuple(batch.shape[-2:]))
-            roi_losses, ious = self.roi_heads.loss(features, proposals, targets, sizes, semantic, self.generator)
-            losses.update(roi_losses)
-            self.mask_sample_ious = ious
-            return losses
+            return self._training_losses(features, batch, sizes, targets, proposals)
+        if proposals is not None:
+            raise ValueError("given proposals are a training-step diagnostic; inference uses the RPN's")
+        logits, deltas = self.rpn.head(features)
+        anchors = self.rpn.anchors(features)
         proposals = self.rpn.proposals(logits, deltas, anchors, sizes)
         return self.roi_heads.predict(features, proposals, sizes, image_metas)
+
+    def _training_losses(self, features: list[torch.Tensor], batch: torch.Tensor, sizes: list[tuple[int, int]],
+                         targets: list[dict], proposals: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"model.sampling={self.sampling!r} must be one of {SAMPLING_MODES}")
+        sampling = SamplingContext(self.generator, take_all=self.sampling == "all")
+        targets = [self._on_device(t, batch.device) for t in targets]
+        losses: dict[str, torch.Tensor] = {}
+        if proposals is None:
+            logits, deltas = self.rpn.head(features)
+            anchors = self.rpn.anchors(features)
+            feature_sizes = [tuple(f.shape[-2:]) for f in features]
+            losses.update(self.rpn.loss(logits, deltas, anchors, feature_sizes, [t["boxes"] for t in targets],
+                                        sizes, sampling))
+            proposals = self.rpn.proposals(logits, deltas, anchors, sizes)
+        else:
+            proposals = [p[:, :4].to(batch.device, torch.float32) for p in proposals]
+        sampling.record.proposals = [p.detach() for p in proposals]
+        semantic = self._pad_semantic(targets, tuple(batch.shape[-2:]))
+        roi_losses, ious = self.roi_heads.loss(features, proposals, targets, sizes, semantic, sampling)
+        losses.update(roi_losses)
+        self.mask_sample_ious = ious
+        self.last_step = sampling.record
+        return losses
 
     @staticmethod
     def _on_device(target: dict, device: torch.device) -> dict:

@@ -25,6 +25,7 @@ from scnet.models.postprocess import multiclass_nms, paste_masks
 from scnet.models.roi_features import boxes_to_rois, multilevel_roi_align, single_level_roi_align
 from scnet.models.semantic_head import STRIDE as SEMANTIC_STRIDE
 from scnet.models.semantic_head import SemanticHead
+from scnet.models.step_record import SamplingContext
 from scnet.models.targets import StageSamples, mask_targets, sample_stage
 
 BOX_ROI_SIZE = 7
@@ -114,7 +115,7 @@ class RoIHeads(nn.Module):
     # ----------------------------------------------------------------- training
     def loss(self, features: list[torch.Tensor], proposals: list[torch.Tensor], targets: list[dict],
              image_sizes: list[tuple[int, int]], semantic_targets: torch.Tensor | None,
-             generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+             sampling: SamplingContext) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
         cfg = self.cfg
         losses: dict[str, torch.Tensor] = {}
         mask_ious: dict[int, torch.Tensor] = {}
@@ -137,10 +138,11 @@ class RoIHeads(nn.Module):
             samples = sample_stage(stage_proposals, gt_boxes, gt_labels, iou_thr=cfg.stage_iou_thresholds[stage],
                                    low_quality=cfg.rcnn_match_low_quality, num=cfg.rcnn_samples_per_image,
                                    pos_fraction=cfg.rcnn_positive_fraction, stds=stds,
-                                   num_classes=cfg.num_classes, add_gt=True, generator=generator)
+                                   num_classes=cfg.num_classes, sampling=sampling, sampler_name=f"stage{stage}")
             box_feats = self._roi_features(features, samples.rois, BOX_ROI_SIZE, semantic_feat, context)
             logits, deltas, shared = self.box_heads[stage](box_feats)
             cls_loss, box_loss = self._box_losses(stage, logits, deltas, samples)
+            sampling.record.accuracy[stage] = _accuracy(logits.detach(), samples.labels)
             losses[f"stage{stage}_cls"] = weight * cls_loss
             losses[f"stage{stage}_bbox"] = weight * box_loss
             refined = None
@@ -153,7 +155,7 @@ class RoIHeads(nn.Module):
                         refined, gt_boxes, gt_labels, iou_thr=cfg.stage_iou_thresholds[stage],
                         low_quality=cfg.rcnn_match_low_quality, num=cfg.rcnn_samples_per_image,
                         pos_fraction=cfg.rcnn_positive_fraction, stds=stds, num_classes=cfg.num_classes,
-                        add_gt=True, generator=generator)
+                        sampling=sampling, sampler_name=f"stage{stage}")
                     relay_input = None
                 losses[f"stage{stage}_mask"] = weight * self._mask_loss(
                     stage, features, mask_samples, gt_masks, semantic_feat, context, relay_input)
@@ -304,3 +306,11 @@ class RoIHeads(nn.Module):
             probs = probs[torch.arange(count, device=probs.device), result["labels"]]
             result["masks"] = paste_masks(probs, boxes, hw, self.cfg.mask_threshold)
             start += count
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Percent of RoIs whose top class (background included) is their label: MMDetection's `acc`.
+    A tensor, so that training on a GPU does not wait for it."""
+    if labels.numel() == 0:
+        return logits.new_zeros(())
+    return (logits.argmax(1) == labels).float().sum() * (100.0 / labels.numel())

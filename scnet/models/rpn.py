@@ -11,13 +11,14 @@ from scnet.models import box_coder, onednn
 from scnet.models.anchors import RATIOS, STRIDES, grid_anchors
 from scnet.models.losses import box_regression_loss
 from scnet.models.sampling import assign, sample
+from scnet.models.step_record import SamplingContext
 
 _UNIT_STDS = (1.0, 1.0, 1.0, 1.0)
 
 
 class RPN(nn.Module):
     def __init__(self, channels: int, *, bbox_loss: str, train_pre_nms: int, train_post_nms: int,
-                 test_pre_nms: int, test_post_nms: int) -> None:
+                 test_pre_nms: int, test_post_nms: int, allowed_border: int = -1, size_divisor: int = 32) -> None:
         super().__init__()
         anchors = len(RATIOS)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
@@ -26,6 +27,7 @@ class RPN(nn.Module):
         self.bbox_loss = bbox_loss
         self.train_pre_nms, self.train_post_nms = train_pre_nms, train_post_nms
         self.test_pre_nms, self.test_post_nms = test_pre_nms, test_post_nms
+        self.allowed_border, self.size_divisor = allowed_border, size_divisor
 
     def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: objectness logits [B, H*W*A] and deltas [B, H*W*A, 4], ordered like the anchors."""
@@ -78,23 +80,56 @@ class RPN(nn.Module):
             results.append(boxes[keep])
         return results
 
+    @staticmethod
+    def trainable_anchors(anchors: list[torch.Tensor], feature_sizes: list[tuple[int, int]],
+                          image_hw: tuple[int, int], allowed_border: int, size_divisor: int) -> torch.Tensor:
+        """Which anchors of the padded batch take part in an image's RPN loss (MMDetection's
+        `valid_flags` and `anchor_inside_flags`): those on the feature cells of the image padded to
+        `size_divisor` on its own, and, when `allowed_border` >= 0, lying within the image (not the
+        padding) up to that margin: x1, y1 >= -border, x2 < width + border, y2 < height + border."""
+        h, w = image_hw
+        pad_h = -(-h // size_divisor) * size_divisor
+        pad_w = -(-w // size_divisor) * size_divisor
+        flags = []
+        for (feat_h, feat_w), stride in zip(feature_sizes, STRIDES):
+            device = anchors[0].device
+            rows = torch.arange(feat_h, device=device) < min(-(-pad_h // stride), feat_h)
+            cols = torch.arange(feat_w, device=device) < min(-(-pad_w // stride), feat_w)
+            flags.append((rows[:, None] & cols[None, :]).reshape(-1).repeat_interleave(len(RATIOS)))
+        inside = torch.cat(flags)
+        if allowed_border >= 0:
+            a = torch.cat(anchors)
+            inside &= ((a[:, 0] >= -allowed_border) & (a[:, 1] >= -allowed_border)
+                       & (a[:, 2] < w + allowed_border) & (a[:, 3] < h + allowed_border))
+        return inside
+
     def loss(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
-             gt_boxes: list[torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+             feature_sizes: list[tuple[int, int]], gt_boxes: list[torch.Tensor],
+             image_sizes: list[tuple[int, int]], sampling: SamplingContext) -> dict[str, torch.Tensor]:
+        """Binary cross-entropy and box loss over the sampled anchors of every image, both divided by the
+        total number of samples (MMDetection's `avg_factor`)."""
         all_anchors = torch.cat(anchors)
         all_logits = torch.cat(logits, dim=1)
         all_deltas = torch.cat(deltas, dim=1)
         cls_losses, box_losses, total_samples = [], [], 0
         for i, gt in enumerate(gt_boxes):
-            assignment = assign(all_anchors, gt, pos_thr=0.7, neg_thr=0.3, min_pos=0.3, low_quality=True)
-            chosen = sample(assignment, num=256, pos_fraction=0.5, generator=generator)
-            idx = torch.cat([chosen.pos_index, chosen.neg_index])
+            inside = torch.nonzero(self.trainable_anchors(anchors, feature_sizes, image_sizes[i], self.allowed_border,
+                                                          self.size_divisor)).flatten()
+            if inside.numel() == 0:
+                raise ValueError(f"image {i} of size {image_sizes[i]} has no anchor inside it for the RPN loss "
+                                 f"(allowed_border={self.allowed_border})")
+            candidates = all_anchors[inside]
+            assignment = assign(candidates, gt, pos_thr=0.7, neg_thr=0.3, min_pos=0.3, low_quality=True)
+            chosen = sample(assignment, num=sampling.size(256), pos_fraction=0.5, generator=sampling.generator)
+            sampling.record.add_sample("rpn", chosen)
+            idx = inside[torch.cat([chosen.pos_index, chosen.neg_index])]
+            pos = inside[chosen.pos_index]
             labels = torch.zeros(idx.numel(), device=idx.device)
-            labels[: chosen.pos_index.numel()] = 1.0
+            labels[: pos.numel()] = 1.0
             cls_losses.append(F.binary_cross_entropy_with_logits(all_logits[i, idx], labels, reduction="sum"))
-            if chosen.pos_index.numel():
-                targets = box_coder.encode(all_anchors[chosen.pos_index], gt[chosen.pos_gt], _UNIT_STDS)
-                box_losses.append(box_regression_loss(all_deltas[i, chosen.pos_index], targets, self.bbox_loss,
-                                                      beta=1.0 / 9.0))
+            if pos.numel():
+                targets = box_coder.encode(all_anchors[pos], gt[chosen.pos_gt], _UNIT_STDS)
+                box_losses.append(box_regression_loss(all_deltas[i, pos], targets, self.bbox_loss, beta=1.0 / 9.0))
             total_samples += idx.numel()
         denom = max(total_samples, 1)
         zero = all_logits.sum() * 0
@@ -102,3 +137,4 @@ class RPN(nn.Module):
             "rpn_cls": torch.stack(cls_losses).sum() / denom,
             "rpn_bbox": (torch.stack(box_losses).sum() if box_losses else zero) / denom,
         }
+

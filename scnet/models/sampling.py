@@ -1,11 +1,24 @@
-"""Max-IoU assignment and random positive/negative sampling (MMDetection's MaxIoUAssigner and
-RandomSampler semantics), shared by the RPN and every R-CNN stage."""
+"""Max-IoU assignment and random positive/negative sampling with MMDetection 3.3.0's semantics
+(`MaxIoUAssigner`, `RandomSampler`), shared by the RPN and every R-CNN stage.
+
+Order of operations, as in MMDetection: the assigner sees the candidates alone (anchors, or the
+proposals of a box stage); ground-truth boxes are appended afterwards by the sampler
+(`add_gt_as_proposals`, see `add_ground_truth`), so low-quality matching ("each ground truth also
+takes its best candidate") looks at real proposals only. Sampled indices come back sorted, as
+MMDetection's `unique()` leaves them.
+
+`TAKE_ALL` as the sample size makes every sampler take every candidate (MMDetection's
+`RandomSampler` with `num` = 10^7): the diagnostic mode of `python -m scnet.train_step --sampler all`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 from torchvision.ops import box_iou
+
+TAKE_ALL = 10 ** 7
+SAMPLING_MODES = ("random", "all")
 
 
 @dataclass
@@ -34,9 +47,17 @@ def assign(boxes: torch.Tensor, gt_boxes: torch.Tensor, *, pos_thr: float, neg_t
     return Assignment(gt_index, max_iou)
 
 
+def add_ground_truth(assignment: Assignment, num_gt: int) -> Assignment:
+    """The assignment of `cat([gt_boxes, candidates])`: each ground truth assigned to itself at IoU 1
+    (MMDetection's `AssignResult.add_gt_`)."""
+    own = torch.arange(1, num_gt + 1, dtype=assignment.gt_index.dtype, device=assignment.gt_index.device)
+    return Assignment(torch.cat([own, assignment.gt_index]),
+                      torch.cat([assignment.max_iou.new_ones(num_gt), assignment.max_iou]))
+
+
 @dataclass
 class Sample:
-    pos_index: torch.Tensor  # indices into the candidate boxes
+    pos_index: torch.Tensor  # indices into the candidate boxes, ascending
     neg_index: torch.Tensor
     pos_gt: torch.Tensor  # 0-based ground-truth index of each positive
     pos_iou: torch.Tensor  # IoU of each positive with its ground truth
@@ -47,7 +68,7 @@ def _choose(index: torch.Tensor, count: int, generator: torch.Generator | None) 
     if index.numel() <= count:
         return index
     perm = torch.randperm(index.numel(), generator=generator, device="cpu")[:count].to(index.device)
-    return index[perm]
+    return index[perm].sort().values
 
 
 def sample(assignment: Assignment, *, num: int, pos_fraction: float, num_gt_added: int = 0,

@@ -39,7 +39,15 @@ class SemanticHead(nn.Module):
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy against the padded target map downsampled (nearest) to the logits' stride."""
+        """Cross-entropy against the padded target map (255 in the padding) downsampled by nearest
+        neighbour to the logits' stride, averaged over *all* its pixels, ignored ones included:
+        MMDetection 3.3's CrossEntropyLoss(ignore_index=255) with avg_non_ignore=False.
+
+        The paper's code (thangvubk/SCNet, the MMDetection 2.x of early 2021) built this loss from
+        `nn.CrossEntropyLoss(ignore_index=255)`, which averages over the labelled pixels only; we follow
+        MMDetection 3.3, whose value is smaller by the labelled share of the padded map."""
         small = F.interpolate(targets[:, None].float(), scale_factor=1.0 / STRIDE, mode="nearest")[:, 0].long()
         h, w = min(small.shape[-2], logits.shape[-2]), min(small.shape[-1], logits.shape[-1])
-        return F.cross_entropy(logits[..., :h, :w], small[..., :h, :w], ignore_index=255)
+        small = small[..., :h, :w]
+        total = F.cross_entropy(logits[..., :h, :w], small, ignore_index=255, reduction="sum")
+        return total / small.numel()

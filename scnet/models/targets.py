@@ -7,7 +7,8 @@ import torch
 from torchvision.ops import roi_align
 
 from scnet.models import box_coder
-from scnet.models.sampling import Sample, assign, sample
+from scnet.models.sampling import Sample, add_ground_truth, assign, sample
+from scnet.models.step_record import SamplingContext
 
 
 @dataclass
@@ -33,19 +34,18 @@ class StageSamples:
 
 def sample_stage(proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], *,
                  iou_thr: float, low_quality: bool, num: int, pos_fraction: float, stds: tuple[float, ...],
-                 num_classes: int, add_gt: bool, generator: torch.Generator | None) -> StageSamples:
+                 num_classes: int, sampling: SamplingContext, sampler_name: str) -> StageSamples:
+    """Assign the proposals alone, append the ground truths as proposals, sample (MMDetection's order)."""
     rois, labels, targets, positive, added, gt_index, ious = [], [], [], [], [], [], []
     for i, (props, gts, gt_cls) in enumerate(zip(proposals, gt_boxes, gt_labels)):
-        num_gt = gts.shape[0] if add_gt else 0
-        candidates = torch.cat([gts, props]) if add_gt else props
-        assignment = assign(candidates, gts, pos_thr=iou_thr, neg_thr=iou_thr, min_pos=iou_thr,
-                            low_quality=low_quality)
-        if num_gt:
-            own = torch.arange(num_gt, device=candidates.device)
-            assignment.gt_index[:num_gt] = own + 1
-            assignment.max_iou[:num_gt] = 1.0
-        chosen: Sample = sample(assignment, num=num, pos_fraction=pos_fraction, num_gt_added=num_gt,
-                                generator=generator)
+        props = props[:, :4]
+        num_gt = gts.shape[0]
+        assignment = assign(props, gts, pos_thr=iou_thr, neg_thr=iou_thr, min_pos=iou_thr, low_quality=low_quality)
+        assignment = add_ground_truth(assignment, num_gt)
+        candidates = torch.cat([gts.to(props.dtype), props])
+        chosen: Sample = sample(assignment, num=sampling.size(num), pos_fraction=pos_fraction, num_gt_added=num_gt,
+                                generator=sampling.generator)
+        sampling.record.add_sample(sampler_name, chosen)
         index = torch.cat([chosen.pos_index, chosen.neg_index])
         boxes = candidates[index]
         rois.append(torch.cat([boxes.new_full((boxes.shape[0], 1), i), boxes], dim=1))
