@@ -249,8 +249,8 @@ def test_fpn_initialisation_follows_the_config(fpn_init, zero_bias):
     torch.manual_seed(0)
     model = build_model("mask_rcnn_r18_smoke", num_classes=3, fpn_init=fpn_init)
     convs = [*model.neck.lateral, *model.neck.output]
-    assert all(bool((conv.bias == 0).all()) == zero_bias for conv in convs)
+    assert all(bool((conv.bias.detach() == 0).all()) == zero_bias for conv in convs)
     if fpn_init == "xavier":
         for conv in convs:  # xavier-uniform bound: sqrt(6 / (fan_in + fan_out))
             fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
-            assert float(conv.weight.abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5
+            assert float(conv.weight.detach().abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5
