@@ -219,7 +219,7 @@ def test_training_split_without_objects_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("map_image, problem", [
     (Image.new("RGB", (W, H)), "single-channel"),
-    (Image.new("L", (W + 2, H)), "42x30 but its image is 40x30"),
+    (Image.new("L", (W + 2, H)), f"{W + 2}x{H} but its image is {W}x{H}"),
 ])
 def test_stuff_map_headers_are_checked_before_training(tmp_path: Path, map_image: Image.Image, problem: str) -> None:
     root = write_dataset(tmp_path / "d", coco_json(), split="val")

@@ -192,8 +192,9 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def _report_drops(self) -> None:
         if self.stats["degenerate_boxes_dropped"]:
-            logger.warning("%s: %d annotation(s) whose box has width or height < 1, area <= 0, or lies outside "
-                           "the image are not trained on", self.ann_file, self.stats["degenerate_boxes_dropped"])
+            logger.warning("%s: dropped %d annotation(s) whose box has width or height < 1, area <= 0, or lies "
+                           "outside the image (not trained on; COCO evaluation still counts them)", self.ann_file,
+                           self.stats["degenerate_boxes_dropped"])
         if self.stats["unusable_masks_ignored"]:
             logger.warning("%s: %d annotation(s) have no usable mask (no polygon of >= 3 points); they are "
                            "ignored regions, not instances", self.ann_file, self.stats["unusable_masks_ignored"])

@@ -62,7 +62,9 @@ def _shown(ids: list[int], limit: int = 8) -> str:
 
 
 def check_training_split(dataset: CocoInstances) -> None:
-    if len(dataset) == 0:
+    """Images whose annotations are all crowds or dropped are kept for training (they train on
+    background, as in MMDetection), but a split without a single object to learn is a mistake."""
+    if not any(dataset.instance_ids(index) for index in range(len(dataset))):
         raise DatasetError(
             f"{dataset.ann_file}: no image has an annotation to train on ({_annotation_summary(dataset)}); "
             "add annotated images to the training split")
