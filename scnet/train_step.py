@@ -157,6 +157,22 @@ def _relative(ours: float, reference: float) -> float:
     return abs(ours - reference) / abs(reference)
 
 
+def _compare_values(field: str, ours: dict[str, float], reference: dict[str, float], rtol: float,
+                    problems: list[str]) -> float:
+    """Append to `problems` the names present on one side only and the values off by more than `rtol`
+    relative; return the worst relative difference of the names both have."""
+    if set(ours) != set(reference):
+        problems.append(f"{field}: only ours {sorted(set(ours) - set(reference))[:5]}, "
+                        f"only MMDetection's {sorted(set(reference) - set(ours))[:5]}")
+    worst = 0.0
+    for key in sorted(set(ours) & set(reference)):
+        rel = _relative(ours[key], reference[key])
+        worst = max(worst, rel)
+        if rel > rtol:
+            problems.append(f"{field}.{key}: ours {ours[key]:.8g} vs {reference[key]:.8g} (relative {rel:.2e})")
+    return worst
+
+
 def compare_step(ours: dict[str, Any], reference: dict[str, Any], *, loss_rtol: float = 1e-4,
                  grad_rtol: float = 5e-3) -> StepComparison:
     """MMDetection's matching rule for a training step (shared/reference/README.md, oracle/train):
@@ -173,26 +189,8 @@ def compare_step(ours: dict[str, Any], reference: dict[str, Any], *, loss_rtol: 
         problems.append(f"samples: ours {ours['samples']} vs {reference['samples']}")
     if ours["proposals"]["n"] != reference["proposals"]["n"]:
         problems.append(f"proposals.n: ours {ours['proposals']['n']} vs {reference['proposals']['n']}")
-    if set(ours["losses"]) != set(reference["losses"]):
-        problems.append(f"log entries: only ours {sorted(set(ours['losses']) - set(reference['losses']))}, "
-                        f"only MMDetection's {sorted(set(reference['losses']) - set(ours['losses']))}")
-    worst_loss = 0.0
-    for key in sorted(set(ours["losses"]) & set(reference["losses"])):
-        rel = _relative(ours["losses"][key], reference["losses"][key])
-        worst_loss = max(worst_loss, rel)
-        if rel > loss_rtol:
-            problems.append(f"losses.{key}: ours {ours['losses'][key]:.8g} vs {reference['losses'][key]:.8g} "
-                            f"(relative {rel:.2e})")
-    if set(ours["grad_norms"]) != set(reference["grad_norms"]):
-        problems.append(f"gradients: only ours {sorted(set(ours['grad_norms']) - set(reference['grad_norms']))[:5]}, "
-                        f"only MMDetection's {sorted(set(reference['grad_norms']) - set(ours['grad_norms']))[:5]}")
-    worst_grad = 0.0
-    for key in sorted(set(ours["grad_norms"]) & set(reference["grad_norms"])):
-        rel = _relative(ours["grad_norms"][key], reference["grad_norms"][key])
-        worst_grad = max(worst_grad, rel)
-        if rel > grad_rtol:
-            problems.append(f"grad_norms.{key}: ours {ours['grad_norms'][key]:.6g} vs "
-                            f"{reference['grad_norms'][key]:.6g} (relative {rel:.2e})")
+    worst_loss = _compare_values("losses", ours["losses"], reference["losses"], loss_rtol, problems)
+    worst_grad = _compare_values("grad_norms", ours["grad_norms"], reference["grad_norms"], grad_rtol, problems)
     if sorted(ours["params_without_grad"]) != sorted(reference["params_without_grad"]):
         problems.append(f"params_without_grad: ours {ours['params_without_grad']} vs "
                         f"{reference['params_without_grad']}")

@@ -30,112 +30,70 @@ from __future__ import annotations
 
 import re
 
-_P = r"(weight|bias)"
-_HEAD_RULES: list[tuple[str, str]] = [
-    (rf"shared_fcs\.(\d+)\.{_P}", r"fcs.\1.\2"),
-    (rf"fc_cls\.{_P}", r"classifier.\1"),
-    (rf"fc_reg\.{_P}", r"regressor.\1"),
-]
-_MASK_RULES: list[tuple[str, str]] = [
-    (rf"convs\.(\d+)\.conv\.{_P}", r"convs.\1.conv.\2"),
-    (rf"convs\.(\d+)\.conv([12])\.{_P}", r"blocks.\1.conv\2.\3"),
-    (rf"conv_res\.conv\.{_P}", r"feature_flow.conv.\1"),
-    (rf"upsample\.{_P}", r"upsample.\1"),
-    (rf"conv_logits\.{_P}", r"logits.\1"),
-]
-_SEMANTIC_RULES: list[tuple[str, str]] = [
-    (rf"lateral_convs\.(\d+)\.conv\.{_P}", r"lateral.\1.conv.\2"),
-    (rf"convs\.(\d+)\.conv\.{_P}", r"convs.\1.conv.\2"),
-    (rf"convs\.(\d+)\.conv([12])\.{_P}", r"blocks.\1.conv\2.\3"),
-    (rf"conv_embedding\.conv\.{_P}", r"embedding.conv.\1"),
-    (rf"conv_logits\.{_P}", r"logits.\1"),
-]
-_GLBCTX_RULES: list[tuple[str, str]] = [
-    (rf"convs\.(\d+)\.conv([12])\.{_P}", r"blocks.\1.conv\2.\3"),
-    (rf"fc\.{_P}", r"classifier.\1"),
-]
-_TOP_RULES: list[tuple[str, str]] = [
-    (r"backbone\.(.+)", r"backbone.\1"),
-    (rf"neck\.lateral_convs\.(\d+)\.conv\.{_P}", r"neck.lateral.\1.\2"),
-    (rf"neck\.fpn_convs\.(\d+)\.conv\.{_P}", r"neck.output.\1.\2"),
-    (rf"rpn_head\.rpn_conv\.{_P}", r"rpn.conv.\1"),
-    (rf"rpn_head\.rpn_cls\.{_P}", r"rpn.objectness.\1"),
-    (rf"rpn_head\.rpn_reg\.{_P}", r"rpn.deltas.\1"),
-    (rf"roi_head\.feat_relay_head\.fc\.{_P}", r"roi_heads.feature_relays.0.fc.\1"),
-]
-_SUBHEADS = [
-    (r"roi_head\.bbox_head\.(?:(\d+)\.)?(.+)", "roi_heads.box_heads", _HEAD_RULES, True),
-    (r"roi_head\.mask_head\.(?:(\d+)\.)?(.+)", "roi_heads.mask_heads", _MASK_RULES, True),
-    (r"roi_head\.semantic_head\.(.+)", "roi_heads.semantic_head", _SEMANTIC_RULES, False),
-    (r"roi_head\.glbctx_head\.(.+)", "roi_heads.global_context", _GLBCTX_RULES, False),
-]
+# Each rule is a pair of templates (MMDetection's name, ours): `{i}` stands for a layer index, `{k}` for
+# conv 1 or 2, `{p}` for weight or bias, `{rest}` for the remainder. Both directions are compiled from
+# the same pairs, so the map and its inverse cannot drift apart.
+_HEAD_RULES = [("shared_fcs.{i}.{p}", "fcs.{i}.{p}"), ("fc_cls.{p}", "classifier.{p}"),
+               ("fc_reg.{p}", "regressor.{p}")]
+_MASK_RULES = [("convs.{i}.conv.{p}", "convs.{i}.conv.{p}"), ("convs.{i}.conv{k}.{p}", "blocks.{i}.conv{k}.{p}"),
+               ("conv_res.conv.{p}", "feature_flow.conv.{p}"), ("upsample.{p}", "upsample.{p}"),
+               ("conv_logits.{p}", "logits.{p}")]
+_SEMANTIC_RULES = [("lateral_convs.{i}.conv.{p}", "lateral.{i}.conv.{p}"), ("convs.{i}.conv.{p}", "convs.{i}.conv.{p}"),
+                   ("convs.{i}.conv{k}.{p}", "blocks.{i}.conv{k}.{p}"),
+                   ("conv_embedding.conv.{p}", "embedding.conv.{p}"), ("conv_logits.{p}", "logits.{p}")]
+_GLBCTX_RULES = [("convs.{i}.conv{k}.{p}", "blocks.{i}.conv{k}.{p}"), ("fc.{p}", "classifier.{p}")]
+_TOP_RULES = [("backbone.{rest}", "backbone.{rest}"),
+              ("neck.lateral_convs.{i}.conv.{p}", "neck.lateral.{i}.{p}"),
+              ("neck.fpn_convs.{i}.conv.{p}", "neck.output.{i}.{p}"),
+              ("rpn_head.rpn_conv.{p}", "rpn.conv.{p}"), ("rpn_head.rpn_cls.{p}", "rpn.objectness.{p}"),
+              ("rpn_head.rpn_reg.{p}", "rpn.deltas.{p}"),
+              ("roi_head.feat_relay_head.fc.{p}", "roi_heads.feature_relays.0.fc.{p}")]
+# (MMDetection's prefix, ours, rules, indexed by stage in ours; MMDetection indexes only lists of heads)
+_SUBHEADS = [("roi_head.bbox_head", "roi_heads.box_heads", _HEAD_RULES, True),
+             ("roi_head.mask_head", "roi_heads.mask_heads", _MASK_RULES, True),
+             ("roi_head.semantic_head", "roi_heads.semantic_head", _SEMANTIC_RULES, False),
+             ("roi_head.glbctx_head", "roi_heads.global_context", _GLBCTX_RULES, False)]
+
+_SLOTS = {"i": r"\d+", "k": "[12]", "p": "weight|bias", "rest": ".+"}
+
+
+def _pattern(template: str) -> str:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, slot, literal, slot, ...
+    return "".join(re.escape(part) if n % 2 == 0 else f"(?P<{part}>{_SLOTS[part]})" for n, part in enumerate(parts))
+
+
+def _compile(rules: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pattern[str], str]]:
+    return [(re.compile(_pattern(theirs if not inverse else ours)), ours if not inverse else theirs)
+            for theirs, ours in rules]
+
+
+def _apply(rules: list[tuple[re.Pattern[str], str]], name: str) -> str | None:
+    for pattern, template in rules:
+        match = pattern.fullmatch(name)
+        if match:
+            return template.format(**match.groupdict())
+    return None
+
+
+_FORWARD = {id(rules): _compile(rules, inverse=False) for rules in (_TOP_RULES, *(s[2] for s in _SUBHEADS))}
+_INVERSE = {id(rules): _compile(rules, inverse=True) for rules in (_TOP_RULES, *(s[2] for s in _SUBHEADS))}
 
 
 class UnmappedKeyError(KeyError):
     pass
 
 
-def _apply(rules: list[tuple[str, str]], name: str) -> str | None:
-    for pattern, replacement in rules:
-        if re.fullmatch(pattern, name):
-            return re.sub(f"^{pattern}$", replacement, name)
-    return None
-
-
 def mmdet_to_ours(name: str) -> str:
     """Our parameter/buffer name for an MMDetection one; raises UnmappedKeyError for unknown names."""
-    mapped = _apply(_TOP_RULES, name)
+    mapped = _apply(_FORWARD[id(_TOP_RULES)], name)
     if mapped is not None:
         return mapped
-    for pattern, prefix, rules, indexed in _SUBHEADS:
-        match = re.fullmatch(pattern, name)
-        if not match:
-            continue
-        if indexed:
-            stage, rest = match.group(1) or "0", match.group(2)
-            inner = _apply(rules, rest)
-            if inner is not None:
-                return f"{prefix}.{stage}.{inner}"
-        else:
-            inner = _apply(rules, match.group(1))
-            if inner is not None:
-                return f"{prefix}.{inner}"
+    for theirs, ours, rules, indexed in _SUBHEADS:
+        match = re.fullmatch(re.escape(theirs) + (r"\.(?:(\d+)\.)?(.+)" if indexed else r"\.()(.+)"), name)
+        inner = _apply(_FORWARD[id(rules)], match.group(2)) if match else None
+        if inner is not None:
+            return f"{ours}.{match.group(1) or '0'}.{inner}" if indexed else f"{ours}.{inner}"
     raise UnmappedKeyError(f"no rule maps the MMDetection tensor name {name!r}")
-
-
-# Inverse rules: (our pattern, MMDetection replacement)
-_INV_HEAD_RULES: list[tuple[str, str]] = [
-    (rf"fcs\.(\d+)\.{_P}", r"shared_fcs.\1.\2"),
-    (rf"classifier\.{_P}", r"fc_cls.\1"),
-    (rf"regressor\.{_P}", r"fc_reg.\1"),
-]
-_INV_MASK_RULES: list[tuple[str, str]] = [
-    (rf"convs\.(\d+)\.conv\.{_P}", r"convs.\1.conv.\2"),
-    (rf"blocks\.(\d+)\.conv([12])\.{_P}", r"convs.\1.conv\2.\3"),
-    (rf"feature_flow\.conv\.{_P}", r"conv_res.conv.\1"),
-    (rf"upsample\.{_P}", r"upsample.\1"),
-    (rf"logits\.{_P}", r"conv_logits.\1"),
-]
-_INV_SEMANTIC_RULES: list[tuple[str, str]] = [
-    (rf"lateral\.(\d+)\.conv\.{_P}", r"lateral_convs.\1.conv.\2"),
-    (rf"convs\.(\d+)\.conv\.{_P}", r"convs.\1.conv.\2"),
-    (rf"blocks\.(\d+)\.conv([12])\.{_P}", r"convs.\1.conv\2.\3"),
-    (rf"embedding\.conv\.{_P}", r"conv_embedding.conv.\1"),
-    (rf"logits\.{_P}", r"conv_logits.\1"),
-]
-_INV_GLBCTX_RULES: list[tuple[str, str]] = [
-    (rf"blocks\.(\d+)\.conv([12])\.{_P}", r"convs.\1.conv\2.\3"),
-    (rf"classifier\.{_P}", r"fc.\1"),
-]
-_INV_TOP_RULES: list[tuple[str, str]] = [
-    (r"backbone\.(.+)", r"backbone.\1"),
-    (rf"neck\.lateral\.(\d+)\.{_P}", r"neck.lateral_convs.\1.conv.\2"),
-    (rf"neck\.output\.(\d+)\.{_P}", r"neck.fpn_convs.\1.conv.\2"),
-    (rf"rpn\.conv\.{_P}", r"rpn_head.rpn_conv.\1"),
-    (rf"rpn\.objectness\.{_P}", r"rpn_head.rpn_cls.\1"),
-    (rf"rpn\.deltas\.{_P}", r"rpn_head.rpn_reg.\1"),
-    (rf"roi_heads\.feature_relays\.0\.fc\.{_P}", r"roi_head.feat_relay_head.fc.\1"),
-]
 
 
 def ours_to_mmdet(name: str, *, box_stages: int, mask_heads: int) -> str:
@@ -143,22 +101,14 @@ def ours_to_mmdet(name: str, *, box_stages: int, mask_heads: int) -> str:
 
     `box_stages` / `mask_heads`: how many box / mask heads the model has; MMDetection indexes a head by
     stage only when there are several."""
-    mapped = _apply(_INV_TOP_RULES, name)
+    mapped = _apply(_INVERSE[id(_TOP_RULES)], name)
     if mapped is not None:
         return mapped
-    for pattern, prefix, rules, count in (
-            (r"roi_heads\.box_heads\.(\d+)\.(.+)", "roi_head.bbox_head", _INV_HEAD_RULES, box_stages),
-            (r"roi_heads\.mask_heads\.(\d+)\.(.+)", "roi_head.mask_head", _INV_MASK_RULES, mask_heads)):
-        match = re.fullmatch(pattern, name)
-        if match:
-            inner = _apply(rules, match.group(2))
-            if inner is not None:
-                return f"{prefix}.{match.group(1)}.{inner}" if count > 1 else f"{prefix}.{inner}"
-    for pattern, prefix, rules in ((r"roi_heads\.semantic_head\.(.+)", "roi_head.semantic_head", _INV_SEMANTIC_RULES),
-                                   (r"roi_heads\.global_context\.(.+)", "roi_head.glbctx_head", _INV_GLBCTX_RULES)):
-        match = re.fullmatch(pattern, name)
-        if match:
-            inner = _apply(rules, match.group(1))
-            if inner is not None:
-                return f"{prefix}.{inner}"
+    heads = {"roi_head.bbox_head": box_stages, "roi_head.mask_head": mask_heads}
+    for theirs, ours, rules, indexed in _SUBHEADS:
+        match = re.fullmatch(re.escape(ours) + (r"\.(\d+)\.(.+)" if indexed else r"\.()(.+)"), name)
+        inner = _apply(_INVERSE[id(rules)], match.group(2)) if match else None
+        if inner is not None:
+            several = indexed and heads[theirs] > 1
+            return f"{theirs}.{match.group(1)}.{inner}" if several else f"{theirs}.{inner}"
     raise UnmappedKeyError(f"no rule maps our tensor name {name!r} to an MMDetection one")
