@@ -16,9 +16,9 @@ from scnet.engine.run_config import RunConfig
 # train2017 images with annotations (MMDetection's count after dropping images without any); the
 # trainer also skips the few whose only annotations are crowds, so this is a slight overestimate.
 COCO_TRAIN_IMAGES = 117_266
-# Training images per second per GPU at 1333x800 in fp32 (the default; --amp is faster), for a cascade-style R50 model on a
-# current data-centre GPU: a round planning figure, not a measurement. Mask R-CNN is faster,
-# HTC/SCNet slower.
+# Training images per second per GPU at 1333x800 in fp32 (the default; --amp is faster), for a
+# cascade-style R50 model on a current data-centre GPU: a round planning figure, not a measurement.
+# Mask R-CNN is faster, HTC/SCNet slower.
 DEFAULT_IMAGES_PER_S_PER_GPU = 4.0
 
 
