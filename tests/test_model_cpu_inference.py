@@ -87,14 +87,6 @@ def test_packed_weight_follows_parameter_changes():
         assert not torch.equal(first, second)
 
 
-@pytest.fixture
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_model_copies_after_cpu_inference():
     """The packed weights live outside the modules, so a model that has run inference still deep-copies."""
     import copy

@@ -46,18 +46,6 @@ def coffee():
     return test_input(read_bgr(REFERENCE / "oracle" / "coffee_1200x800.png"))
 
 
-@pytest.fixture()
-def two_threads():
-    """MMDetection's oracle was computed with 2 CPU threads, and our outputs are then bit-identical
-    to it. Convolution reductions are reassociated with another thread count, which moves boxes by
-    ~0.1 px: harmless on trained weights, but the random reference weights produce 18-pixel masks that
-    such a shift can push past the matching rule."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("preset", ORACLE_PRESETS)

@@ -31,15 +31,6 @@ def oracle(preset: str) -> dict:
     return json.loads((PIPELINE / f"{preset}.coffee_600x400.mmdet_outputs.json").read_text())
 
 
-@pytest.fixture()
-def two_threads():
-    """The oracle was computed with 2 CPU threads (see tests/test_model_mmdet.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_test_pipeline_fields_are_mmdetections():
     image, meta = test_input(read_bgr(JPEG))
     for preset in ORACLE_PRESETS:

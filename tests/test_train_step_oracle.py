@@ -41,15 +41,6 @@ def preset_model(request):
     yield preset, model, reference_weights(manifest)
 
 
-@pytest.fixture()
-def two_threads():
-    """MMDetection's oracle ran on 2 threads (1 thread moves its own gradient norms by up to 3e-4)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("case", CASES)
 def test_train_step_matches_mmdetection(preset_model, samples, case):
