@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from experiments.executors.queue import RUNNING_STATES, QueueEntry, QueueError, query_queue
 from experiments.locking import lock_holder
+from experiments.progress import describe_progress
 from scnet.records import RecordError, read_json, read_result, write_json_atomic
 
 ATTEMPT_FILE = "attempt.json"
@@ -145,9 +146,7 @@ def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
             invalid = f"result.json is invalid and will be rewritten ({exc}); "
     holder = lock_holder(run_dir)
     if holder:
-        at = last_iteration(run_dir)
-        progress = f", at iteration {at}" if at is not None else ""
-        return RunStatus(run_dir, State.RUNNING, f"locked by {holder}{progress}", log)
+        return RunStatus(run_dir, State.RUNNING, f"locked by {holder}; {describe_progress(run_dir)}", log)
     attempt = read_attempt(run_dir) or {}
     job_id = attempt.get("slurm_job_id")
     if job_id and attempt.get("state") in ("submitted", "started"):
@@ -160,7 +159,8 @@ def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
         if entry is not None and entry.alive:
             state = State.RUNNING if entry.state in RUNNING_STATES else State.QUEUED
             reason = f" ({entry.reason})" if entry.reason and entry.reason != "None" else ""
-            return RunStatus(run_dir, state, f"SLURM job {job_id} {entry.state.lower()}{reason}", log)
+            progress = f"; {describe_progress(run_dir)}" if state is State.RUNNING else ""
+            return RunStatus(run_dir, state, f"SLURM job {job_id} {entry.state.lower()}{reason}{progress}", log)
     recorded = attempt.get("state")
     if recorded == "queued" and _queue_alive(attempt):
         return RunStatus(run_dir, State.QUEUED,
