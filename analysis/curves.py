@@ -268,11 +268,12 @@ def plot_curves(curves: Sequence[RunCurves], *, smooth: int | None = None, title
         ax.grid(True, alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    fig.tight_layout()
+    fig.suptitle(f"{title}\nmoving average of {window} logged rows over the raw values (faint)", fontsize=11,
+                 y=1.0, va="bottom")
     legend = [*handles, (plt.Line2D([], [], color="0.4", linestyle="--"), "lr / 10 (schedule)")]
     fig.legend([h for h, _ in legend], [label for _, label in legend], loc="upper center",
-               ncol=min(len(legend), 3), fontsize=9, frameon=False)
-    fig.suptitle(f"{title} (moving average of {window} logged rows over the raw values)", fontsize=11, y=1.0)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.08 * math.ceil(len(legend) / 3) / nrows))
+               bbox_to_anchor=(0.5, 0.0), ncol=min(len(legend), 4), fontsize=9, frameon=False)
     return fig
 
 
