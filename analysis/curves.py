@@ -104,19 +104,24 @@ def _run_config(run_dir: Path) -> RunConfig | None:
         return None
 
 
+def _last(frame: pd.DataFrame, column: str) -> int | None:
+    values = frame[column].dropna() if column in frame else ()
+    return int(values.iloc[-1]) if len(values) else None
+
+
 def _iters_per_epoch(frame: pd.DataFrame, run_dir: Path) -> int | None:
-    if "iters_per_epoch" in frame and frame["iters_per_epoch"].notna().any():
-        return int(frame["iters_per_epoch"].dropna().iloc[-1])
+    if _last(frame, "iters_per_epoch") is not None:
+        return _last(frame, "iters_per_epoch")
     try:  # rows written before the trainer logged it: a finished run's result.json has it
         return int(read_json(run_dir / RESULT_FILE)["train"]["iters_per_epoch"])
     except (RecordError, KeyError, TypeError, ValueError):
         return None
 
 
-def _schedule_marks(config: RunConfig | None, frame: pd.DataFrame, run_dir: Path) -> tuple[tuple[int, ...], int | None]:
+def _schedule_marks(config: RunConfig | None, frame: pd.DataFrame,
+                    run_dir: Path) -> tuple[tuple[int, ...], int | None]:
     """(lr step iterations, total iterations) from the run's schedule."""
-    total = int(frame["total_iters"].dropna().iloc[-1]) if "total_iters" in frame and frame["total_iters"].notna().any() \
-        else None
+    total = _last(frame, "total_iters")
     if config is None:
         return (), total
     schedule = config.schedule
@@ -230,7 +235,8 @@ def _mark_lr_steps(ax: plt.Axes, curves: Sequence[RunCurves], colors: Sequence[s
                 ax.axvline(step, color=color, linestyle="--", linewidth=0.9, alpha=0.7, gid=f"lr_step:{step}")
 
 
-def plot_curves(curves: Sequence[RunCurves], *, smooth: int | None = None, title: str = "Training curves") -> plt.Figure:
+def plot_curves(curves: Sequence[RunCurves], *, smooth: int | None = None,
+                title: str = "Training curves") -> plt.Figure:
     """One panel per loss term, lr and s/it; each run a colour. Lines carry `gid`s "PANEL:RUN:raw" and
     "PANEL:RUN:smooth" (RUN: the run's index in `curves`) so their data can be found again."""
     if not curves:

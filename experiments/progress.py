@@ -6,11 +6,12 @@ since the run last wrote a record.
 
 Possibly stalled, the rule: a run writes a metrics row every `schedule.log_every` iterations, so
 the gap between records should be about log_every x its seconds per iteration (the slowest of its
-last `RECENT_ROWS` rows, data loading included). A run that has written nothing (neither a metrics
-row nor a log line) for more than `STALL_INTERVALS` such gaps, and for at least `STALL_FLOOR_S`
-(checkpoint saves and the workers' start at each epoch pause the records for a while), is flagged
-as possibly stalled. A run whose training is done is evaluating, which logs nothing until it ends:
-it is never flagged, nor is one that has not written its first row yet.
+last `RECENT_ROWS` rows, data loading included). A run that has written nothing (no metrics row,
+log line or, from `experiments.status`, attempt record: a requeued SLURM job rewrites it when it
+starts) for more than `STALL_INTERVALS` such gaps, and for at least `STALL_FLOOR_S` (checkpoint saves
+and the workers' start at each epoch pause the records for a while), is flagged as possibly stalled.
+A run whose training is done is evaluating, which logs nothing until it ends: it is never flagged,
+nor is one that has not written its first row yet.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from scnet.engine.run_log import LOG_FILE, METRICS_FILE, MetricsLineWarning, read_metrics
 from scnet.records import RecordError, read_config
@@ -52,7 +54,7 @@ class Progress:
     eta_s: float | None  # remaining training time now: the row's estimate less the time since it
     s_per_iter: float | None
     log_every: int | None
-    silent_s: float  # since the run last wrote metrics.jsonl or log.txt
+    silent_s: float  # since the run last wrote one of its files that show it alive
 
     @property
     def training_done(self) -> bool:
@@ -80,7 +82,7 @@ class Progress:
             parts.append(f"loss {self.loss:.4g}")
         if self.training_done:
             parts.append("training done, evaluating")
-        elif self.eta_s is not None:
+        elif self.eta_s is not None and not self.possibly_stalled:  # a stalled run's ETA means nothing
             parts.append(f"ETA {format_duration(self.eta_s)}")
         line = ", ".join(parts) + f", last record {format_duration(self.silent_s)} ago"
         if self.possibly_stalled:
@@ -113,8 +115,10 @@ def _number(row: dict, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def read_progress(run_dir: str | Path, *, now: float | None = None) -> Progress | None:
-    """The run's progress (None before its first metrics row); a cut last line is skipped quietly."""
+def read_progress(run_dir: str | Path, *, now: float | None = None,
+                  signs_of_life: Sequence[str] = (METRICS_FILE, LOG_FILE)) -> Progress | None:
+    """The run's progress (None before its first metrics row); a cut last line is skipped quietly.
+    `signs_of_life`: the run's files whose last change shows it alive."""
     run_dir = Path(run_dir)
     now = time.time() if now is None else now
     with warnings.catch_warnings():
@@ -124,7 +128,7 @@ def read_progress(run_dir: str | Path, *, now: float | None = None) -> Progress 
         return None
     latest = rows[-1]
     record_age = _age_s(run_dir / METRICS_FILE, now) or 0.0
-    ages = [age for age in (record_age, _age_s(run_dir / LOG_FILE, now)) if age is not None]
+    ages = [age for age in (_age_s(run_dir / name, now) for name in signs_of_life) if age is not None]
     speeds = [(_number(row, "time") or 0.0) + (_number(row, "data_time") or 0.0) for row in rows[-RECENT_ROWS:]]
     eta = _number(latest, "eta_s")
     total = latest.get("total_iters")
@@ -135,10 +139,11 @@ def read_progress(run_dir: str | Path, *, now: float | None = None) -> Progress 
         eta_s=None if eta is None else max(0.0, eta - record_age),
         s_per_iter=max(speeds) if any(speeds) else None,
         log_every=_log_every(run_dir, rows),
-        silent_s=max(0.0, min(ages)),
+        silent_s=max(0.0, min(ages, default=record_age)),
     )
 
 
-def describe_progress(run_dir: str | Path, *, now: float | None = None) -> str:
-    progress = read_progress(run_dir, now=now)
+def describe_progress(run_dir: str | Path, *, now: float | None = None,
+                      signs_of_life: Sequence[str] = (METRICS_FILE, LOG_FILE)) -> str:
+    progress = read_progress(run_dir, now=now, signs_of_life=signs_of_life)
     return progress.describe() if progress is not None else "no metrics row yet (starting)"

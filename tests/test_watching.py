@@ -6,6 +6,7 @@ that run's folder with its later rows and result removed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -174,11 +175,17 @@ def test_status_line_of_a_running_run_locally_and_on_slurm(run, tmp_path):
     assert expected in status.detail and "last record 5 s ago" in status.detail, status.detail
     assert "STALLED" not in status.detail
 
+    # A SLURM job: its id and state from squeue, its progress from the run folder (on the shared file
+    # system); the job's training process holds the run's lock as a local one does.
     (live / "attempt.json").write_text(json.dumps({"state": "started", "executor": "slurm", "slurm_job_id": "4242"}))
-    running = run_status(live, {"4242": QueueEntry("4242", "RUNNING", "None")})
-    assert running.state is State.RUNNING and running.detail.startswith(f"SLURM job 4242 running; {expected}")
+    for held in (False, True):
+        with RunLock(live) if held else contextlib.nullcontext():
+            running = run_status(live, {"4242": QueueEntry("4242", "RUNNING", "None")})
+        assert running.state is State.RUNNING and running.detail.startswith(f"SLURM job 4242 running; {expected}")
     waiting = run_status(live, {"4242": QueueEntry("4242", "PENDING", "Priority")})
     assert waiting.state is State.QUEUED and waiting.detail == "SLURM job 4242 pending (Priority)"
+    with RunLock(live):  # the job left the queue (gone from squeue) while its process still holds the lock
+        assert run_status(live, {}).detail.startswith("locked by pid=")
 
 
 def test_a_run_silent_for_several_of_its_log_intervals_is_flagged_as_possibly_stalled(run, tmp_path):
@@ -193,7 +200,8 @@ def test_a_run_silent_for_several_of_its_log_intervals_is_flagged_as_possibly_st
     _age(live, limit - 5)
     assert not read_progress(live).possibly_stalled
     _age(live, limit + 5)
-    assert read_progress(live).possibly_stalled and "POSSIBLY STALLED" in read_progress(live).describe()
+    stalled = read_progress(live)
+    assert stalled.possibly_stalled and "POSSIBLY STALLED" in stalled.describe() and "ETA" not in stalled.describe()
     # Training done: the run is evaluating, which writes nothing until it ends; never flagged.
     _age(run_dir, 10 * limit)
     done = read_progress(run_dir)
@@ -262,9 +270,9 @@ from scnet.engine.tensorboard_log import tensorboard_installed
 torch.set_num_threads(1)
 config = RunConfig.from_dict(json.loads(sys.argv[1]))
 run_training(config, sys.argv[2], progress=False)
-print(json.dumps({"installed": tensorboard_installed(),
-                  "imported": sorted(m for m in sys.modules if m.split(".")[0] == "tensorboard" and sys.modules[m] is not None
-                                    or m.startswith("torch.utils.tensorboard"))}))
+imported = [m for m, module in sys.modules.items() if module is not None
+            and (m.split(".")[0] == "tensorboard" or m.startswith("torch.utils.tensorboard"))]
+print(json.dumps({"installed": tensorboard_installed(), "imported": sorted(imported)}))
 """
 
 
