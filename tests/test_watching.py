@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,7 +173,7 @@ def test_status_line_of_a_running_run_locally_and_on_slurm(run, tmp_path):
         status = run_status(live)
     assert status.state is State.RUNNING
     expected = f"iteration 4/6 (67%), loss {rows[1]['loss']:.4g}, ETA "
-    assert expected in status.detail and "last record 5 s ago" in status.detail, status.detail
+    assert expected in status.detail and re.search(r"last record ([5-9]|[1-5]\d) s ago", status.detail), status.detail
     assert "STALLED" not in status.detail
 
     # A SLURM job: its id and state from squeue, its progress from the run folder (on the shared file
@@ -197,7 +198,7 @@ def test_a_run_silent_for_several_of_its_log_intervals_is_flagged_as_possibly_st
     assert progress.log_every == 2 and progress.s_per_iter == pytest.approx(s_per_iter)
     limit = max(STALL_INTERVALS * 2 * s_per_iter, STALL_FLOOR_S)
     assert progress.stall_after_s == pytest.approx(limit)
-    _age(live, limit - 5)
+    _age(live, limit / 2)
     assert not read_progress(live).possibly_stalled
     _age(live, limit + 5)
     stalled = read_progress(live)
@@ -216,7 +217,8 @@ def test_experiments_run_status_prints_the_progress_line(run, data, tmp_path, ca
         code = run_main(["table4", "--status", "--runs-dir", str(live.parent), "--data", str(data), *SET_ARGS])
     out = capsys.readouterr().out
     assert code == 0
-    assert f"{run_dir.name}  running" in out and "iteration 4/6 (67%)" in out and "last record 3 s ago" in out, out
+    assert f"{run_dir.name}  running" in out and "iteration 4/6 (67%)" in out, out
+    assert re.search(r"last record ([3-9]|[1-5]\d) s ago", out), out  # 3 s, and however long the command took
 
 
 # ---------------------------------------------------------------------------------------- TensorBoard
