@@ -24,12 +24,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.figure_files import save_figure  # noqa: E402
 from analysis.gather import SkippedRunWarning  # noqa: E402
 from analysis.iou import IoUDistribution  # noqa: E402
 from analysis.paper import paper_lookup  # noqa: E402
 from analysis.tables import infer_scale, runs_for  # noqa: E402
 from experiments.tables import SCALES, rows_of  # noqa: E402
-from scnet.records import IoURecords, RecordError, write_bytes_atomic, write_text_atomic  # noqa: E402
+from scnet.records import IoURecords, RecordError, write_text_atomic  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 PAPER_THRESHOLD = 0.75
@@ -151,15 +152,7 @@ class Figure1Result:
         out_png = Path(out_png)
         if out_png.suffix.lower() != ".png":
             raise ValueError(f"--out {out_png}: give a .png path; the PDF is written beside it")
-        fig = self.plot()
-        paths = []
-        try:
-            for path in (out_png, out_png.with_suffix(".pdf")):
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format=path.suffix[1:], dpi=150, bbox_inches="tight")
-                paths.append(write_bytes_atomic(path, buffer.getvalue()))
-        finally:
-            plt.close(fig)
+        paths = save_figure(self.plot(), (out_png, out_png.with_suffix(".pdf")))
         stem = out_png.with_name(f"{out_png.stem}_shares")
         csv = io.StringIO()
         self.shares_frame().to_csv(csv, index=False, na_rep="", float_format="%.4g", lineterminator="\n")

@@ -30,11 +30,17 @@ class SkippedRunWarning(UserWarning):
     """A result.json that could not be read or validated; the message names the file and the field."""
 
 
-def find_result_files(root: str | os.PathLike) -> Iterator[Path]:
+def find_run_files(root: str | os.PathLike, name: str) -> Iterator[Path]:
+    """Every file called `name` in the run folders under `root` (config.json: every run set up,
+    finished or not; result.json: the finished ones)."""
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in _PRUNE and not d.startswith("."))
-        if RESULT_FILE in files:
-            yield Path(folder) / RESULT_FILE
+        if name in files:
+            yield Path(folder) / name
+
+
+def find_result_files(root: str | os.PathLike) -> Iterator[Path]:
+    return find_run_files(root, RESULT_FILE)
 
 
 def _as_tuple(value: Any) -> Any:

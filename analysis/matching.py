@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from experiments.tables import RowSpec, model_config_for
 from scnet.config import ModelConfig
@@ -42,3 +42,9 @@ def model_key(model: Mapping[str, Any]) -> str:
 @lru_cache(maxsize=None)
 def row_key(row: RowSpec, scale: str) -> str:
     return model_key(model_config_for(row, scale).to_dict())
+
+
+def rows_for_model(model: Mapping[str, Any], scale: str, rows: Iterable[RowSpec]) -> list[RowSpec]:
+    """The rows, among `rows`, whose network `model` (a resolved ModelConfig as a dict) is at `scale`."""
+    key = model_key(model)
+    return [row for row in rows if row.run and row_key(row, scale) == key]

@@ -22,12 +22,15 @@ from typing import Any, Iterable
 
 from experiments.executors.queue import RUNNING_STATES, QueueEntry, QueueError, query_queue
 from experiments.locking import lock_holder
+from experiments.progress import describe_progress
 from scnet.records import RecordError, read_json, read_result, write_json_atomic
 
 ATTEMPT_FILE = "attempt.json"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 LAST_CHECKPOINT = Path("checkpoints") / "last.pth"
+# Files a live run keeps changing: the stall rule of `experiments.progress` measures silence on them.
+SIGNS_OF_LIFE = (METRICS_FILE, LOG_FILE, ATTEMPT_FILE)
 
 
 class State(str, Enum):
@@ -130,6 +133,10 @@ def _headline(result: dict[str, Any]) -> str:
     return f"mask AP {fmt(metrics['segm']['AP'])}, box AP {fmt(metrics['bbox']['AP'])}"
 
 
+def _progress(run_dir: Path) -> str:
+    return describe_progress(run_dir, signs_of_life=SIGNS_OF_LIFE)
+
+
 def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
                queue_error: QueueError | None = None) -> RunStatus:
     """The run's state now; `queue` is a squeue snapshot (None: ask squeue if the run has a job,
@@ -144,23 +151,24 @@ def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
         except RecordError as exc:
             invalid = f"result.json is invalid and will be rewritten ({exc}); "
     holder = lock_holder(run_dir)
-    if holder:
-        at = last_iteration(run_dir)
-        progress = f", at iteration {at}" if at is not None else ""
-        return RunStatus(run_dir, State.RUNNING, f"locked by {holder}{progress}", log)
     attempt = read_attempt(run_dir) or {}
     job_id = attempt.get("slurm_job_id")
+    # A SLURM job's training process holds the lock too: its job id and state are shown with it.
     if job_id and attempt.get("state") in ("submitted", "started"):
         try:
             if queue is None and queue_error is not None:
                 raise queue_error
             entry = (queue if queue is not None else query_queue({job_id})).get(job_id)
         except QueueError as exc:
-            return RunStatus(run_dir, State.RUNNING, f"SLURM job {job_id}: state unknown ({exc})", log)
+            progress = f"; {_progress(run_dir)}" if holder else ""
+            return RunStatus(run_dir, State.RUNNING, f"SLURM job {job_id}: state unknown ({exc}){progress}", log)
         if entry is not None and entry.alive:
-            state = State.RUNNING if entry.state in RUNNING_STATES else State.QUEUED
+            state = State.RUNNING if entry.state in RUNNING_STATES or holder else State.QUEUED
             reason = f" ({entry.reason})" if entry.reason and entry.reason != "None" else ""
-            return RunStatus(run_dir, state, f"SLURM job {job_id} {entry.state.lower()}{reason}", log)
+            progress = f"; {_progress(run_dir)}" if state is State.RUNNING else ""
+            return RunStatus(run_dir, state, f"SLURM job {job_id} {entry.state.lower()}{reason}{progress}", log)
+    if holder:
+        return RunStatus(run_dir, State.RUNNING, f"locked by {holder}; {_progress(run_dir)}", log)
     recorded = attempt.get("state")
     if recorded == "queued" and _queue_alive(attempt):
         return RunStatus(run_dir, State.QUEUED,

@@ -29,6 +29,7 @@ from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog
 from scnet.engine.seeding import seed_everything
 from scnet.engine.semantic_classes import check_training_classes
+from scnet.engine.tensorboard_log import write_result_scalars
 from scnet.engine.trainer import iou_summary, train
 from scnet.records import (RESULT_FILE, IoURecorder, RecordError, read_config, read_result, write_config,
                            write_env, write_result)
@@ -295,6 +296,7 @@ def _publish(run_dir: Path, result: dict[str, Any], recorder: IoURecorder) -> di
         recorder.save(run_dir)
         write_result(run_dir, result)
         written = read_result(run_dir)
+        write_result_scalars(run_dir, written)
     return distributed.broadcast_object(written)
 
 

@@ -34,14 +34,11 @@ from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load
                                      save_checkpoint)
 from scnet.engine.lr_schedule import learning_rate, set_learning_rate
 from scnet.engine.run_config import RunConfig
-from scnet.engine.run_log import RunLog, read_metrics
+from scnet.engine.run_log import ROW_FIELDS, RunLog, read_metrics
 from scnet.engine.sampling import ResumableBatchSampler, SeededSamples, iters_per_epoch
 from scnet.engine.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+from scnet.engine.tensorboard_log import open_tensorboard_log
 from scnet.records import IoURecorder
-
-
-# Fields of a metrics.jsonl row that are not losses.
-_ROW_FIELDS = ("iter", "epoch", "lr", "time", "data_time", "eta_s", "memory_mb")
 
 
 @dataclass
@@ -245,6 +242,8 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
         distributed.patient_barrier()
 
     iteration = start_iter
+    if is_main and start_iter < total:  # TensorBoard too, if installed
+        log.attach_sink(open_tensorboard_log(run_dir, resumed_at=start_iter))
     try:
         with preemption.listening():
             while iteration < total:
@@ -308,7 +307,8 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
                         row = {"iter": iteration, "epoch": epoch, "lr": lr, **means,
                                "time": window.step_time / max(window.count, 1),
                                "data_time": window.data_time / max(window.count, 1),
-                               "eta_s": seconds * (total - iteration)}
+                               "eta_s": seconds * (total - iteration),
+                               "total_iters": total, "iters_per_epoch": per_epoch}
                         if device.type == "cuda":
                             row["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                         log.metrics(row)
@@ -322,10 +322,11 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
             raise preemption.TrainingInterrupted(iteration, _stop_reason())
     finally:
         bar.close()
+        log.close()
     if start_iter == total:
         log.info("training already complete; evaluating")
         rows = read_metrics(run_dir) if is_main else []
-        last_losses = {k: v for k, v in rows[-1].items() if k not in _ROW_FIELDS} if rows else {}
+        last_losses = {k: v for k, v in rows[-1].items() if k not in ROW_FIELDS} if rows else {}
     else:
         log.info(f"training done: {total} iterations, {train_s:.1f} s")
     return TrainOutcome(iterations=total, iters_per_epoch=per_epoch, train_s=train_s,
