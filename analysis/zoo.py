@@ -12,6 +12,7 @@ trains a preset on the `1x` schedule (README.md, "Checking against MMDetection's
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ def _why_not(config: Mapping[str, Any], schedule: str, zoo: pd.DataFrame) -> str
     known = sorted(set(zoo.loc[zoo["schedule"] == schedule, "preset"]))
     if preset not in known:
         return f"the zoo has {schedule} numbers for {', '.join(known)}, not {preset!r}"
-    own = resolve_config(preset).to_dict()
+    own = json.loads(json.dumps(resolve_config(preset).to_dict()))  # tuples as lists, as result.json holds them
     differ = sorted(k for k in own if k not in DATASET_FIELDS and config["model"].get(k, own[k]) != own[k])
     return f"it differs from {preset}'s own network in {', '.join(differ)} (train the preset without --set flags)"
 
