@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from analysis.matching import DATASET_FIELDS, model_key
-from analysis.paper import PAPER_CSV
+from analysis.paper import PAPER_CSV, read_reference_csv
 from experiments.tables import RowSpec, model_config_for
 from scnet.config import ConfigError
 from scnet.engine.run_config import Schedule, default_image_scale, default_schedule
@@ -42,14 +42,7 @@ def load_zoo(path: str | os.PathLike | None = None) -> pd.DataFrame:
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: MMDetection's model-zoo numbers are missing; they ship with the "
-                                "repository under results/paper/")
-    frame = pd.read_csv(path, dtype={"value": float}, keep_default_na=False)
-    missing = [c for c in _COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(_COLUMNS)}")
-    return frame
+    return read_reference_csv(path, _COLUMNS, "MMDetection's model-zoo numbers")
 
 
 @lru_cache(maxsize=None)
