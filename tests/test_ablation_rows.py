@@ -2,8 +2,7 @@
 
 For every row with a baseline, the resolved `ModelConfig` fields that differ from the baseline's are
 listed and compared with `experiments.tables.COMPONENT_FIELDS` of the row's components: no field outside
-them may differ, and every component must change at least one of its fields. Run with `-s` to see the
-lists (the test prints them).
+them may differ, and every component must change at least one of its fields. The test prints the lists.
 """
 from __future__ import annotations
 
