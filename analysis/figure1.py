@@ -4,7 +4,9 @@
 
 Writes the PNG, a PDF beside it, and the shares as CSV and Markdown (`figure1_shares.*`), with the
 paper's percentages next to ours. Panels come from the runs that match `experiments.tables`'
-Figure 1 rows; several seeds of a row are pooled.
+Figure 1 rows. Several seeds of a row are pooled for the histograms, and each share is also given as
+mean ± std over the seeds' own shares, so the ordering of the panels can be read against the noise
+(`analysis.spread`: two panels whose shares differ by no more than the larger std are marked).
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ from analysis.figure_files import save_figure  # noqa: E402
 from analysis.gather import SkippedRunWarning  # noqa: E402
 from analysis.iou import IoUDistribution  # noqa: E402
 from analysis.paper import paper_lookup  # noqa: E402
+from analysis.spread import MARK, RULE, mean_std, within_spread  # noqa: E402
 from analysis.tables import infer_scale, runs_for  # noqa: E402
-from experiments.tables import SCALES, rows_of  # noqa: E402
+from experiments.tables import SCALES, TABLE_NOTES, rows_of  # noqa: E402
 from scnet.records import IoURecords, RecordError, write_text_atomic  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
@@ -46,18 +49,24 @@ PANEL_TITLES = {
 class Figure1Panel:
     label: str
     tags: str
-    distribution: IoUDistribution | None
+    distribution: IoUDistribution | None  # all seeds pooled
     run_dirs: tuple[str, ...]
     paper_share: float | None  # percent at IoU <= 0.75, as the paper states it
+    per_run: tuple[IoUDistribution, ...] = ()  # one per run (seed), in run_dirs' order
 
     def share(self, threshold: float) -> float | None:
-        """Percent of samples at or below `threshold`; None when there is no recording."""
+        """Percent of the pooled samples at or below `threshold`; None when there is no recording."""
         if self.distribution is None or self.distribution.n == 0:
             return None
         return 100.0 * self.distribution.share_at_or_below(threshold)
 
+    def share_over_seeds(self, threshold: float) -> tuple[float | None, float | None, int]:
+        """(mean, std, runs) of the runs' own shares at or below `threshold`, in percent."""
+        return mean_std(100.0 * d.share_at_or_below(threshold) for d in self.per_run if d.n)
 
-def _panel_distribution(label: str, tags: str, run_dirs: Sequence[str]) -> tuple[IoUDistribution | None, tuple[str, ...]]:
+
+def _panel_distributions(label: str, tags: str, run_dirs: Sequence[str]
+                         ) -> tuple[IoUDistribution | None, tuple[IoUDistribution, ...], tuple[str, ...]]:
     parts, used = [], []
     for run_dir in run_dirs:
         try:
@@ -66,8 +75,14 @@ def _panel_distribution(label: str, tags: str, run_dirs: Sequence[str]) -> tuple
         except (RecordError, KeyError) as exc:
             warnings.warn(f"Figure 1 panel {label!r}: skipping {run_dir}: {exc}", SkippedRunWarning, stacklevel=3)
     if not parts:
-        return None, ()
-    return IoUDistribution.combine(label, parts), tuple(used)
+        return None, (), ()
+    return IoUDistribution.combine(label, parts), tuple(parts), tuple(used)
+
+
+def _mean_pm_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return _fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
 @dataclass(frozen=True)
@@ -85,27 +100,53 @@ class Figure1Result:
         records = []
         for panel in self.panels:
             dist = panel.distribution
+            mean, std, n = panel.share_over_seeds(PAPER_THRESHOLD)
             record = {"panel": panel.label, "tags": panel.tags, "runs": len(panel.run_dirs),
                       "samples": dist.n if dist else 0, "mean_iou": dist.mean if dist and dist.n else None,
-                      "paper_share_le_0.75": panel.paper_share}
+                      "paper_share_le_0.75": panel.paper_share,
+                      "seeds_mean_share_le_0.75": mean, "seeds_std_share_le_0.75": std}
             for threshold in THRESHOLDS:
                 record[f"share_le_{threshold:g}"] = panel.share(threshold)
             records.append(record)
         return pd.DataFrame.from_records(records)
 
+    def ordering(self, threshold: float = PAPER_THRESHOLD) -> str:
+        """The panels ordered by share at or below `threshold`, the paper's beside ours, and for each
+        neighbouring pair of ours whether the seeds' spread covers the gap (`analysis.spread`)."""
+        paper = sorted((p for p in self.panels if p.paper_share is not None), key=lambda p: -p.paper_share)
+        shares = {p.label: p.share_over_seeds(threshold) for p in self.panels}
+        ours = sorted((p for p in self.panels if shares[p.label][0] is not None), key=lambda p: -shares[p.label][0])
+        text = f"Share at IoU <= {threshold:g}, largest first: paper " + " > ".join(
+            f"{p.label} ({_fmt(p.paper_share)})" for p in paper)
+        if not ours:
+            return text + "; ours: no recording."
+        pairs = []
+        for high, low in zip(ours, ours[1:]):
+            (a, std_a, _), (b, std_b, _) = shares[high.label], shares[low.label]
+            judged = within_spread(a - b, std_a, std_b)
+            verdict = {True: f"{MARK} within the seeds' spread", False: "beyond the seeds' spread",
+                       None: "no spread (single seed)"}[judged]
+            pairs.append(f"{high.label} - {low.label} = {a - b:+.1f} ({verdict})")
+        same = [p.label for p in ours] == [p.label for p in paper]
+        return (text + "; ours " + " > ".join(f"{p.label} ({_mean_pm_std(*shares[p.label][:2])})" for p in ours)
+                + f" ({'the paper' if same else 'not the paper'}'s order); " + "; ".join(pairs) + ". "
+                + f"{MARK}: {RULE}.")
+
     def to_markdown(self) -> str:
-        head = ["Panel", "Runs", "Samples", "Mean IoU", "paper <= 0.75 (%)",
-                *(f"ours <= {t:g} (%)" for t in THRESHOLDS)]
-        lines = [f"**Figure 1 ({self.scale} scale): share of mask-branch samples at or below each IoU "
-                 "threshold. Empty: no recording.**", "",
+        head = ["Panel", "Runs", "Samples", "Mean IoU", "paper <= 0.75 (%)", "ours <= 0.75 (%), mean ± std over seeds",
+                *(f"pooled <= {t:g} (%)" for t in THRESHOLDS)]
+        lines = [f"**Figure 1 ({self.scale} scale): share of mask-branch samples at or below each IoU threshold; "
+                 "'mean ± std over seeds' from each run's own share, 'pooled' from all runs' samples together. "
+                 f"Empty: no recording. {TABLE_NOTES['figure1']}**", "",
                  "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for panel in self.panels:
             dist = panel.distribution
             cells = [panel.label, str(len(panel.run_dirs)), str(dist.n) if dist else "0",
                      _fmt(dist.mean if dist and dist.n else None, 3), _fmt(panel.paper_share),
+                     _mean_pm_std(*panel.share_over_seeds(PAPER_THRESHOLD)[:2]),
                      *(_fmt(panel.share(t)) for t in THRESHOLDS)]
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n\n" + self.ordering() + "\n"
 
     def plot(self) -> plt.Figure:
         fig = plt.figure(figsize=(13.5, 5.6))
@@ -138,13 +179,15 @@ class Figure1Result:
                     va="top")
         table_ax = fig.add_subplot(grid[1, :])
         table_ax.axis("off")
-        cell_text = [[_fmt(p.paper_share), _fmt(p.share(PAPER_THRESHOLD)), str(len(p.run_dirs))] for p in self.panels]
+        cell_text = [[_fmt(p.paper_share), _mean_pm_std(*p.share_over_seeds(PAPER_THRESHOLD)[:2]),
+                      str(len(p.run_dirs))] for p in self.panels]
         table = table_ax.table(cellText=cell_text, rowLabels=[p.label for p in self.panels],
-                               colLabels=["paper: IoU <= 0.75 (%)", f"ours ({self.scale}): IoU <= 0.75 (%)", "runs"],
-                               loc="center", cellLoc="center", colWidths=[0.2, 0.2, 0.08])
+                               colLabels=["paper: IoU <= 0.75 (%)",
+                                          f"ours ({self.scale}): IoU <= 0.75 (%), mean ± std over seeds", "runs"],
+                               loc="center", cellLoc="center", colWidths=[0.2, 0.3, 0.08])
         table.scale(1, 1.2)
-        fig.suptitle(f"IoU distribution of mask-branch samples ({self.scale} scale; red: share at or below "
-                     "each dashed threshold)", fontsize=11)
+        fig.suptitle(f"IoU distribution of mask-branch samples ({self.scale} scale; histograms pool the seeds; red: "
+                     "share at or below each dashed threshold)", fontsize=11)
         return fig
 
     def save(self, out_png: str | os.PathLike) -> list[Path]:
@@ -174,9 +217,9 @@ def build_figure1(runs_df: pd.DataFrame, scale: str, paper: dict | None = None) 
     panels = []
     for row in rows_of("figure1"):
         runs = runs_for(row, runs_df, scale)
-        dist, used = _panel_distribution(row.label, row.iou_tags or "", list(runs["run_dir"]))
+        dist, per_run, used = _panel_distributions(row.label, row.iou_tags or "", list(runs["run_dir"]))
         panels.append(Figure1Panel(row.label, row.iou_tags or "", dist, used,
-                                   paper.get(("figure1", row.label, row.backbone, "share_le_0.75"))))
+                                   paper.get(("figure1", row.label, row.backbone, "share_le_0.75")), per_run))
     return Figure1Result(scale, panels)
 
 

@@ -19,13 +19,19 @@ def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> pd.DataFrame:
+    return read_reference_csv(path, _COLUMNS, "the paper's numbers")
+
+
+def read_reference_csv(path: str, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """A CSV of reference numbers shipped under results/paper/: `value` as float (blank: NaN), every
+    other cell as text; a missing file or column is an error naming it."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: the paper's numbers are missing; they ship with the repository "
-                                "under results/paper/ (pass the file's path if you moved it)")
+        raise FileNotFoundError(f"{path}: {what} are missing; they ship with the repository under results/paper/ "
+                                "(pass the file's path if you moved it)")
     frame = pd.read_csv(path, dtype={"value": float}, keep_default_na=False, na_values={"value": [""]})
-    missing = [c for c in _COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(_COLUMNS)}")
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(columns)}")
     return frame
 
 

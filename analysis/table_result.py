@@ -2,7 +2,10 @@
 
 Formatting rules shared by all three outputs: numbers with one decimal as the paper prints them;
 several seeds as "mean ± std"; a cell without a value (the paper's "-", a row quoted from other
-work, a run that does not exist yet) stays empty, never 0 or NaN.
+work, a run that does not exist yet) stays empty, never 0 or NaN. Where rows are compared with a
+baseline row, a "vs base" column gives our difference (the paper's in parentheses), marked when it lies
+within the seeds' spread (`analysis.spread`); at paper scale a "zoo" column gives MMDetection's
+model-zoo value where a row is a zoo model.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.spread import MARK
 from scnet.records import write_text_atomic
 
 COLUMN_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APS": "APS", "APM": "APM", "APL": "APL",
@@ -30,6 +34,10 @@ class Cell:
     ours: float | None
     std: float | None
     n: int
+    zoo: float | None = None  # MMDetection's model-zoo value where the row is a zoo model
+    base_diff: float | None = None  # ours minus the baseline row's ours (a derived row: its own value)
+    paper_base_diff: float | None = None  # the same difference in the paper's numbers
+    within_spread: bool | None = None  # analysis.spread.within_spread of base_diff; None: not judged
 
     @property
     def diff(self) -> float | None:
@@ -46,6 +54,7 @@ class RowResult:
     seeds: tuple[int, ...]
     run_dirs: tuple[str, ...]
     cells: dict[str, Cell]
+    baseline: str | None = None  # the row this one is compared with (experiments.tables.RowSpec.baseline)
 
     @property
     def runs_text(self) -> str:
@@ -67,11 +76,25 @@ def _ours(cell: Cell, pm: str) -> str:
     return f"{_num(cell.ours)}{pm}{_num(cell.std)}"
 
 
+def _vs_base(cell: Cell) -> str:
+    """"+0.3 ≈ (+1.4)": our difference from the baseline, its mark, the paper's difference."""
+    ours = _num(cell.base_diff, signed=True)
+    if ours and cell.within_spread:
+        ours += f" {MARK}"
+    paper = _num(cell.paper_base_diff, signed=True)
+    return " ".join(part for part in (ours, f"({paper})" if paper else "") if part)
+
+
 def _latex_escape(text: str) -> str:
     for old, new in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("<=", r"$\leq$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$")):
+                     ("<=", r"$\leq$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$"),
+                     (MARK, r"$\approx$")):
         text = text.replace(old, new)
     return text
+
+
+# Columns for which MMDetection's model zoo publishes a number (mask AP and box AP).
+ZOO_COLUMNS = ("AP", "APbb")
 
 
 @dataclass(frozen=True)
@@ -90,8 +113,42 @@ class TableResult:
         parts = [f"{number} ({self.scale} scale). {self.title}.",
                  "Paper: the value printed in the paper; ours: mean ± std over seeds (Runs = seeds found);",
                  "Δ = ours − paper; an empty cell has no value (no finished run, or '-' in the paper)."]
+        if self.compares_rows:
+            parts.append("vs base: ours minus the row's baseline row (the paper's difference in parentheses).")
+        if self.has_zoo:
+            parts.append("zoo: MMDetection's model-zoo value for the same network and schedule "
+                         "(results/paper/mmdet_zoo.csv).")
         parts.extend(self.notes)
         return " ".join(parts)
+
+    @property
+    def compares_rows(self) -> bool:
+        return any(row.baseline or row.status == "derived" for row in self.rows)
+
+    @property
+    def has_zoo(self) -> bool:
+        return any(row.cells[c].zoo is not None for row in self.rows for c in self.columns)
+
+    def _sub_columns(self, column: str) -> list[str]:
+        """The cells shown under one metric, in order."""
+        names = ["paper", "ours", "Δ"]
+        if self.has_zoo and column in ZOO_COLUMNS:
+            names.append("zoo")
+        if self.compares_rows:
+            names.append("vs base")
+        return names
+
+    @staticmethod
+    def _text(cell: Cell, sub: str, pm: str) -> str:
+        if sub == "paper":
+            return _num(cell.paper)
+        if sub == "ours":
+            return _ours(cell, pm)
+        if sub == "Δ":
+            return _num(cell.diff, signed=True)
+        if sub == "zoo":
+            return _num(cell.zoo)
+        return _vs_base(cell)
 
     def cell(self, label: str, column: str, backbone: str | None = None) -> Cell:
         """The cell of a row label (and backbone, for Table 1) and a column; KeyError if absent."""
@@ -110,10 +167,13 @@ class TableResult:
                     "table": self.name, "scale": self.scale, "row": row.label, "backbone": row.backbone,
                     "status": row.status, "runs": len(row.seeds), "column": column,
                     "paper": cell.paper, "ours": cell.ours, "ours_std": cell.std, "ours_n": cell.n,
-                    "diff": cell.diff,
+                    "diff": cell.diff, "zoo": cell.zoo, "baseline": row.baseline or "",
+                    "vs_base": cell.base_diff, "vs_base_paper": cell.paper_base_diff,
+                    "within_spread": "" if cell.within_spread is None else cell.within_spread,
                 })
         return pd.DataFrame.from_records(records).astype(
-            {"paper": float, "ours": float, "ours_std": float, "diff": float})
+            {"paper": float, "ours": float, "ours_std": float, "diff": float, "zoo": float, "vs_base": float,
+             "vs_base_paper": float})
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -130,30 +190,31 @@ class TableResult:
         head = self._head()
         for column in self.columns:
             label = COLUMN_LABELS.get(column, column)
-            head += [f"{label} paper", f"{label} ours", f"{label} Δ"]
-        align = ["---"] * (len(self._head()) - 1) + ["---:"] * (1 + 3 * len(self.columns))
+            head += [f"{label} {sub}" for sub in self._sub_columns(column)]
+        align = ["---"] * (len(self._head()) - 1) + ["---:"] * (len(head) - len(self._head()) + 1)
         lines = [f"**{self.caption}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
         for row in self.rows:
             values = self._lead(row)
             for column in self.columns:
-                cell = row.cells[column]
-                values += [_num(cell.paper), _ours(cell, " ± "), _num(cell.diff, signed=True)]
+                values += [self._text(row.cells[column], sub, " ± ") for sub in self._sub_columns(column)]
             lines.append("| " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:
         lead = len(self._head())
-        spec = "l" * lead + "rrr" * len(self.columns)
-        top = " & ".join([""] * lead + [rf"\multicolumn{{3}}{{c}}{{{_LATEX_LABELS.get(c, _latex_escape(COLUMN_LABELS.get(c, c)))}}}"
-                                        for c in self.columns])
-        rules = " ".join(rf"\cmidrule(lr){{{lead + 3 * i + 1}-{lead + 3 * i + 3}}}" for i in range(len(self.columns)))
-        sub = " & ".join(self._head() + ["paper", "ours", r"$\Delta$"] * len(self.columns))
+        widths = [len(self._sub_columns(c)) for c in self.columns]
+        spec = "l" * lead + "".join("r" * w for w in widths)
+        top = " & ".join([""] * lead + [rf"\multicolumn{{{w}}}{{c}}{{{_LATEX_LABELS.get(c, _latex_escape(COLUMN_LABELS.get(c, c)))}}}"
+                                        for c, w in zip(self.columns, widths)])
+        starts = [lead + 1 + sum(widths[:i]) for i in range(len(widths))]
+        rules = " ".join(rf"\cmidrule(lr){{{a}-{a + w - 1}}}" for a, w in zip(starts, widths))
+        subs = [_latex_escape(sub) for c in self.columns for sub in self._sub_columns(c)]
+        sub = " & ".join(self._head() + subs)
         body = []
         for row in self.rows:
             values = [_latex_escape(v) for v in self._lead(row)]
             for column in self.columns:
-                cell = row.cells[column]
-                values += [_num(cell.paper), _latex_escape(_ours(cell, "±")), _num(cell.diff, signed=True)]
+                values += [_latex_escape(self._text(row.cells[column], s, "±")) for s in self._sub_columns(column)]
             body.append(" & ".join(values) + r" \\")
         return "\n".join([
             r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",

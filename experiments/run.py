@@ -153,8 +153,13 @@ class ClusterPlan:
         if self.runs_at_once and todo and self.gpus:
             runs = min(len(todo), self.runs_at_once)
             at_once = f"; at most {runs * self.gpus} GPUs at once ({runs} run(s) of {self.gpus})"
+        # Every seed trains the whole matrix once more (seeds 0..N-1), so one seed's runs are its price.
+        seeds = sorted({spec.config.seed for spec in matrix})
+        one_seed = [spec for spec in matrix if spec.config.seed == seeds[0]] if seeds else []
         return [f"total: ~{everything:,.0f} GPU-h for {len(matrix)} run(s); still to run: ~{remaining:,.0f} GPU-h "
                 f"for {len(todo)} run(s){at_once}",
+                f"seeds: {len(seeds)}; each extra seed (--seeds {len(seeds) + 1}, ...) adds ~{total(one_seed):,.0f} "
+                f"GPU-h for {len(one_seed)} run(s); differences within the seeds' spread are marked in the tables",
                 f"assumed: {self.images_per_s_per_gpu:g} training images/s per GPU (1333x800; not measured; "
                 f"--images-per-s-per-gpu to change) and {COCO_TRAIN_IMAGES:,} COCO train2017 images per epoch; "
                 "evaluation not included"]

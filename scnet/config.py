@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 SAMPLE_CONSISTENCY = ("none", "naive", "effective")
 MASK_FLOWS = ("cascade", "htc")
@@ -75,7 +75,9 @@ class ModelConfig:
     # the box stages' assigners also give each ground truth its best proposal (MMDetection's
     # match_low_quality: True in Mask R-CNN, HTC and SCNet, False in Cascade Mask R-CNN)
     rcnn_match_low_quality: bool = False
-    # test
+    # test: boxes scoring above `test_score_thr` are kept and segmented. The paper uses 0.001 (so do
+    # MMDetection's HTC and SCNet configs); MMDetection's Mask R-CNN and Cascade configs use 0.05, which
+    # their presets keep (scnet.presets), while the paper's tables ask for 0.001 (experiments.tables).
     test_score_thr: float = 0.001
     test_nms_iou: float = 0.5
     test_max_per_image: int = 100
@@ -113,7 +115,24 @@ class ModelConfig:
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        return ModelConfig.from_dict({**self.to_dict(), **changes})
+        """This config with `changes`, under the same coupling as `scnet.presets.apply_flags`
+        (`with_coupled_flags`), so `cfg.replace(**flags)` and `build_model(cfg, **flags)` are one network."""
+        return ModelConfig.from_dict({**self.to_dict(), **with_coupled_flags(changes)})
+
+
+def with_coupled_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """`flags` plus what a change of sample consistency brings unless given explicitly.
+
+    Effective sample consistency *is* one deep mask branch (12 convs as 6 residual blocks, the paper's
+    design); naive SC and no SC keep the 4-conv branches of Cascade Mask R-CNN. Nothing else follows:
+    the semantic head (`semantic_residual`) and the assigners' `rcnn_match_low_quality` are separate
+    fields, so switching SC never changes them behind the caller's back.
+    """
+    out = dict(flags)
+    sc = out.get("sample_consistency")
+    if sc is not None:
+        out.setdefault("mask_convs", 12 if sc == "effective" else 4)
+    return out
 
 
 def _expected_kind(default: Any) -> type | None:

@@ -57,7 +57,37 @@ def test_figure1_shares_from_recordings(figure_runs, tmp_path):
     assert shares.loc["training w/ SC", "share_le_0.75"] == pytest.approx(30.0)
     assert shares.loc["training w/o SC", "samples"] == 300
     markdown = result.to_markdown()
-    assert "| training w/o SC | 1 | 300 | 0.800 | 49.1 | 0.0 | 20.0 | 23.3 | 33.3 |" in markdown
+    assert "| training w/o SC | 1 | 300 | 0.800 | 49.1 | 33.3 | 0.0 | 20.0 | 23.3 | 33.3 |" in markdown
+    # each seed's own share: 20 % and 40 % -> 30.0 +- 14.1 over seeds (the pooled share is also 30 %)
+    mean, std, n = with_sc.share_over_seeds(0.75)
+    assert (mean, n) == (pytest.approx(30.0), 2) and std == pytest.approx(np.std([20.0, 40.0], ddof=1))
+    assert "| training w/ SC | 2 | 200 |" in markdown and "| 34.2 | 30.0 ± 14.1 |" in markdown
+    assert shares.loc["training w/ SC", "seeds_std_share_le_0.75"] == pytest.approx(14.142, abs=1e-3)
+    ordering = result.ordering()
+    assert "paper training w/o SC (49.1) > inference (38.5) > training w/ SC (34.2)" in ordering
+    assert "ours inference (50.0 ± 0.0) > training w/o SC (33.3) > training w/ SC (30.0 ± 14.1)" in ordering
+    assert "(not the paper's order)" in ordering
+    assert "training w/o SC - training w/ SC = +3.3 (no spread (single seed))" in ordering
+    assert ordering in markdown
+
+
+def test_figure1_ordering_is_judged_against_the_seeds_spread(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (a, b, c) in enumerate(((50, 30, 40), (54, 36, 38))):  # percent at or below 0.75 per panel
+        cascade = make_run(root, f"cascade_s{seed}", spec("table2", "Cascade Mask R-CNN"), seed)
+        record(cascade, {"train/stage0": [0.6] * a + [0.9] * (100 - a)})
+        scnet = make_run(root, f"scnet_s{seed}", spec("table1", "SCNet"), seed)
+        record(scnet, {"train/stage2": [0.6] * b + [0.9] * (100 - b),
+                       "inference/matched": [0.6] * c + [0.9] * (100 - c)})
+    ordering = build_figure1(gather_runs(root), "smoke").ordering()
+    # means 52 > 39 > 33; stds 2.83, 1.41, 4.24: 52 - 39 is beyond both, 39 - 33 = 6 is beyond 4.24
+    assert "(the paper's order)" in ordering
+    assert "training w/o SC - inference = +13.0 (beyond the seeds' spread)" in ordering
+    assert "inference - training w/ SC = +6.0 (beyond the seeds' spread)" in ordering
+    record(make_run(root, "scnet_s2", spec("table1", "SCNet"), 2), {"train/stage2": [0.6] * 48 + [0.9] * 52,
+                                                                     "inference/matched": [0.6] * 39 + [0.9] * 61})
+    ordering = build_figure1(gather_runs(root), "smoke").ordering()  # w/ SC now 38 +- 9.2: within the spread
+    assert "inference - training w/ SC = +1.0 (≈ within the seeds' spread)" in ordering
 
 
 def test_figure1_files_and_image(figure_runs, tmp_path):

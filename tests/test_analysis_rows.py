@@ -45,11 +45,14 @@ def test_presets_by_scale_and_quoted_rows_have_none():
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
 def test_rows_describing_one_network_resolve_to_one_config(scale):
     same = [
-        [("table1", "Cascade Mask R-CNN"), ("table2", "Cascade Mask R-CNN"), ("table3", "CM R-CNN"),
-         ("table4", "Cascade Mask R-CNN"), ("figure1", "training w/o SC")],
+        [("table2", "Cascade Mask R-CNN"), ("table3", "CM R-CNN"), ("table4", "Cascade Mask R-CNN"),
+         ("figure1", "training w/o SC")],
+        [("table1", "Cascade Mask R-CNN")],  # MMDetection's config + HTC's semantic head, not the ablation base
         [("table1", "Mask R-CNN"), ("table4", "Mask R-CNN")],
         [("table2", "+ FR"), ("table4", "Cascade Mask R-CNN + FR")],
         [("table2", "+ SC"), ("table3", "CM R-CNN + effective SC")],
+        [("table3", "CM R-CNN + naive SC")],
+        [("table2", "+ GC")],
         [("table2", "+ SC + FR"), ("table5", "lambda=None")],
         [("table1", "SCNet"), ("table2", "+ SC + FR + GC"), ("table5", "lambda=3"), ("figure1", "training w/ SC"),
          ("figure1", "inference")],
@@ -65,10 +68,13 @@ def test_rows_describing_one_network_resolve_to_one_config(scale):
 def test_row_flags_mean_what_the_paper_says():
     base = model_config_for(row("table2", "Cascade Mask R-CNN"), "paper")
     assert (base.stages, base.semantic, base.sample_consistency, base.mask_flow) == (3, True, "none", "cascade")
+    assert (base.semantic_residual, base.rcnn_match_low_quality) == (True, True)  # the ablation base
+    table1 = model_config_for(row("table1", "Cascade Mask R-CNN"), "paper")
+    assert (table1.semantic, table1.semantic_residual, table1.rcnn_match_low_quality) == (True, False, False)
     sc = model_config_for(row("table2", "+ SC"), "paper")
     assert (sc.sample_consistency, sc.feature_relay, sc.global_context, sc.mask_convs) == ("effective", False, False, 12)
     naive = model_config_for(row("table3", "CM R-CNN + naive SC"), "paper")
-    assert (naive.sample_consistency, naive.mask_convs) == ("naive", 4)
+    assert (naive.sample_consistency, naive.mask_convs, naive.semantic_residual) == ("naive", 4, True)
     assert model_config_for(row("table4", "Mask R-CNN + FR"), "paper").feature_relay
     assert model_config_for(row("table4", "Mask R-CNN + FR"), "paper").stages == 1
     assert not model_config_for(row("table5", "lambda=None"), "paper").global_context

@@ -112,12 +112,13 @@ def test_markdown_latex_csv_show_empty_cells_never_numbers(runs, tmp_path):
     assert "smoke scale" in markdown.splitlines()[0]
     line = next(l for l in markdown.splitlines() if l.startswith("| + SC |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    # Row, Runs, then paper/ours/diff for AP AP50 AP75 APbb speed
-    assert cells[:5] == ["+ SC", "0", "38.8", "", ""]
-    assert cells[5::3] == ["59.8", "41.7", "43.5", "6.5"]
-    assert all(c == "" for i, c in enumerate(cells[2:]) if i % 3)
+    # Row, Runs, then paper/ours/diff/vs base for AP AP50 AP75 APbb speed
+    assert cells[:6] == ["+ SC", "0", "38.8", "", "", "(+1.4)"]
+    assert cells[2::4] == ["38.8", "59.8", "41.7", "43.5", "6.5"]
+    assert cells[5::4] == ["(+1.4)", "(+0.8)", "(+1.7)", "(+0.2)", "(+2.0)"]  # the paper's own differences
+    assert all(c == "" for i, c in enumerate(cells[2:]) if i % 4 in (1, 2))
     base = next(l for l in markdown.splitlines() if l.startswith("| Cascade Mask R-CNN |"))
-    assert "| 37.4 | 32.0 ± 2.6 | -5.4 |" in base
+    assert "| 37.4 | 32.0 ± 2.6 | -5.4 |  |" in base
     for text in (markdown, table.to_latex(), table.to_csv()):
         assert "nan" not in text.lower()
     latex = table.to_latex()
@@ -138,7 +139,10 @@ def test_rows_are_matched_by_network_not_by_label(runs):
     t1 = build_table("table1", frame, "smoke")
     assert [t1.cell("SCNet", "AP", b).ours for b in ("r50", "r101", "x101_64x4d")] == [36.0] * 3
     assert t1.cell("SCNet", "APS", "r50").ours is None  # the only run has APS undefined
-    assert t1.cell("Cascade Mask R-CNN", "AP", "r50").ours == pytest.approx(32.0)
+    # Table 1's Cascade Mask R-CNN is MMDetection's config with HTC's semantic head, not Table 2's baseline,
+    # which is Table 3's and Table 4's cascade row
+    assert t1.cell("Cascade Mask R-CNN", "AP", "r50").ours is None
+    assert build_table("table3", frame, "smoke").cell("CM R-CNN", "AP").ours == pytest.approx(32.0)
     assert t1.cell("HTC", "AP", "r50").ours is None
     panet = next(r for r in t1.rows if r.label == "PANet")
     assert panet.status == "quoted" and panet.cells["AP"].ours is None and panet.cells["AP"].paper == 36.6
@@ -188,3 +192,75 @@ def test_command_line_prints_markdown_and_writes_files(runs, tmp_path):
         f"table{n}_smoke.{ext}" for n in (3, 4) for ext in ("md", "tex", "csv"))
     with pytest.raises(SystemExit, match="several scales"):
         tables_cli.main(["table2", "--runs", str(runs), "--out", str(out)])
+
+
+# ------------------------------------------------------------------------------------ noise and the zoo
+
+def _seeds(root: Path, table: str, label: str, aps: list[float], prefix: str) -> None:
+    for seed, ap in enumerate(aps):
+        make_run(root, f"{prefix}_s{seed}", spec(table, label), seed, segm_ap=ap, bbox_ap=ap + 4)
+
+
+def test_differences_within_the_seeds_spread_are_marked(tmp_path):
+    root = tmp_path / "runs"
+    _seeds(root, "table3", "CM R-CNN", [30.0, 32.0, 34.0], "base")  # mean 32, std 2
+    _seeds(root, "table3", "CM R-CNN + naive SC", [32.5, 33.5, 34.5], "naive")  # mean 33.5, std 1: +1.5 <= 2
+    _seeds(root, "table3", "CM R-CNN + effective SC", [36.0, 36.5, 37.0], "eff")  # mean 36.5: +4.5 > 2
+    table = build_table("table3", gather_runs(root), "smoke")
+    naive, effective = table.cell("CM R-CNN + naive SC", "AP"), table.cell("CM R-CNN + effective SC", "AP")
+    assert naive.base_diff == pytest.approx(1.5) and naive.within_spread is True
+    assert naive.paper_base_diff == pytest.approx(38.0 - 37.4)
+    assert effective.base_diff == pytest.approx(4.5) and effective.within_spread is False
+    assert table.cell("CM R-CNN", "AP").base_diff is None  # the baseline itself
+    markdown = table.to_markdown()
+    assert "| +1.5 ≈ (+0.6) |" in next(l for l in markdown.splitlines() if l.startswith("| CM R-CNN + naive SC |"))
+    assert "| +4.5 (+1.4) |" in next(l for l in markdown.splitlines() if l.startswith("| CM R-CNN + effective SC |"))
+    caption = markdown.splitlines()[0]
+    assert "≈: the difference lies within the seeds' spread (|mean difference| <= the larger of the two rows'" in caption
+    assert "Baselines: CM R-CNN + naive SC, CM R-CNN + effective SC vs CM R-CNN." in caption
+    assert "differs from its baseline only in the components it adds" in caption  # how the rows were built
+    assert r"$\approx$" in table.to_latex()
+    frame = pd.read_csv(io.StringIO(table.to_csv()))
+    marked = frame[(frame["row"] == "CM R-CNN + naive SC") & (frame["column"] == "AP")].iloc[0]
+    assert marked["baseline"] == "CM R-CNN" and bool(marked["within_spread"]) and marked["vs_base"] == 1.5
+
+
+def test_a_single_seed_says_it_has_no_spread(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "base", spec("table4", "Mask R-CNN"), 0, segm_ap=20.0)
+    make_run(root, "fr", spec("table4", "Mask R-CNN + FR"), 0, segm_ap=20.1)
+    table = build_table("table4", gather_runs(root), "smoke")
+    cell = table.cell("Mask R-CNN + FR", "AP")
+    assert cell.base_diff == pytest.approx(0.1) and cell.within_spread is None
+    caption = table.to_markdown().splitlines()[0]
+    assert "Single seed: no spread, so no difference is marked" in caption and "≈:" not in caption
+    assert "≈" not in table.to_markdown().split("\n", 1)[1]
+    # one row with seeds, its baseline with one: still not judged, and the caption says why
+    make_run(root, "fr1", spec("table4", "Mask R-CNN + FR"), 1, segm_ap=22.1)
+    mixed = build_table("table4", gather_runs(root), "smoke")
+    assert mixed.cell("Mask R-CNN + FR", "AP").within_spread is None
+    assert "Single seed: no spread" in mixed.caption
+
+
+def test_the_derived_row_is_marked_by_its_two_rows_spread(tmp_path):
+    root = tmp_path / "runs"
+    _seeds(root, "table2", "Cascade Mask R-CNN", [30.0, 32.0, 34.0], "base")
+    _seeds(root, "table2", "+ SC + FR + GC", [31.0, 33.0, 35.0], "full")
+    cell = build_table("table2", gather_runs(root), "smoke").cell("Overall improvement", "AP")
+    assert cell.ours == pytest.approx(1.0) and cell.within_spread is True and cell.paper_base_diff == 2.4
+
+
+def test_paper_scale_tables_show_the_zoo_where_a_row_is_a_zoo_model(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "scnet", spec("table5", "lambda=3"), 0, scale="paper", segm_ap=39.9, bbox_ap=44.4)
+    frame = gather_runs(root)
+    table5 = build_table("table5", frame, "paper")
+    assert (table5.cell("lambda=3", "AP").zoo, table5.cell("lambda=3", "APbb").zoo) == (40.0, 44.5)  # SCNet R50 20e
+    assert table5.cell("lambda=2", "AP").zoo is None and table5.cell("lambda=3", "AP50").zoo is None
+    head = table5.to_markdown().splitlines()[2]
+    assert "| AP zoo |" in head and "| APbb zoo |" in head and "AP50 zoo" not in head
+    table1 = build_table("table1", frame, "paper")
+    assert [table1.cell("SCNet", "APbb", b).zoo for b in ("r50", "r101", "x101_64x4d")] == [44.5, 45.8, 47.5]
+    assert [table1.cell("HTC", "AP", b).zoo for b in ("r50", "r101", "x101_64x4d")] == [38.3, 39.6, None]
+    assert table1.cell("Cascade Mask R-CNN", "AP", "r50").zoo is None  # with a semantic branch: no zoo model
+    assert "zoo" not in build_table("table5", frame, "smoke").to_markdown()  # smoke networks are not zoo models

@@ -58,7 +58,9 @@ def test_run_config_unknown_fields_are_named():
 def test_run_id_follows_the_resolved_network_not_its_spelling():
     spelled_out = _config(preset="cascade_mask_rcnn_r18_smoke", model_flags=dict(
         sample_consistency="effective", feature_relay=True, global_context=True, semantic=True,
-        rcnn_match_low_quality=True))  # SCNet's MMDetection config keeps the assigner's default
+        # SCNet's MMDetection config keeps the assigner's default, builds a residual semantic head and
+        # segments boxes above 0.001 (Cascade's: 0.05)
+        rcnn_match_low_quality=True, semantic_residual=True, test_score_thr=0.001))
     assert spelled_out.run_id() == _config().run_id()
     assert _config(seed=4).run_id() != _config().run_id()
     assert _config(model_flags={"feature_relay": False}).run_id() != _config().run_id()

@@ -129,6 +129,7 @@ def test_paper_dry_run_shows_each_jobs_request_and_the_gpu_hours(tmp_path):
     assert out.count(asks) == 6
     assert out.count("cost: 146,580 iterations x 16 images: ~163 GPU-h (~20.4 h on 8 GPU(s), 1 job(s)") == 6
     assert "total: ~977 GPU-h for 6 run(s); still to run: ~977 GPU-h for 6 run(s); at most 48 GPUs at once" in out
+    assert "seeds: 1; each extra seed (--seeds 2, ...) adds ~977 GPU-h for 6 run(s)" in out
     assert "assumed: 4 training images/s per GPU" in out and "117,266 COCO train2017 images" in out
     faster = harness("table2", "--dry-run", "--scale", "paper", "--data", str(coco), "--runs-dir",
                      str(tmp_path / "runs"), "--profile", str(REPO / "slurm" / "profiles" / "example.toml"),

@@ -34,8 +34,10 @@ def test_dry_run_prints_one_line_per_run_with_flags_and_state(tmp_path):
     assert len(run_lines) == 6  # Table 2 has six networks
     by_row = {line.split("table2: ")[1]: line for line in run_lines}
     assert set(by_row) == {row.label for row in TABLES["table2"] if row.run}
-    assert "preset=cascade_mask_rcnn_r18_smoke semantic=true" in by_row["Cascade Mask R-CNN"]
-    assert "preset=scnet_r18_smoke feature_relay=false global_context=false" in by_row["+ SC"]
+    base = ("preset=cascade_mask_rcnn_r18_smoke rcnn_match_low_quality=true semantic=true semantic_residual=true "
+            "test_score_thr=0.001")
+    assert base in by_row["Cascade Mask R-CNN"]
+    assert "sample_consistency=effective" in by_row["+ SC"] and "feature_relay" not in by_row["+ SC"]
     assert "global_context=true" in by_row["+ GC"] and "seed=0" in by_row["+ GC"]
     assert all(" pending " in line for line in run_lines)
     assert lines[-1] == "6 run(s): 6 pending"
@@ -67,8 +69,9 @@ def test_rows_of_several_tables_that_are_one_network_are_one_run():
 def test_smoke_scale_folds_backbones_and_all_tables_dedupe():
     assert len(build_matrix(["table1"], "smoke", Path("/d"))) == 4  # backbones are one smoke network
     everything = build_matrix(resolve_tables(["all"]), "smoke", Path("/d"))
-    assert len(everything) == 14
-    assert len(build_matrix(resolve_tables(["all"]), "paper", Path("/d"))) == 20
+    # Table 1's Cascade Mask R-CNN (MMDetection's config + HTC's semantic head) is not the ablation base
+    assert len(everything) == 15
+    assert len(build_matrix(resolve_tables(["all"]), "paper", Path("/d"))) == 21
 
 
 def test_seeds_repeat_every_run_with_distinct_ids():
@@ -163,3 +166,16 @@ def test_an_output_folder_under_a_file_is_refused_before_anything_runs(option, t
     assert code == 2 and f"error: {option} {tmp_path / 'file'}" in err and "is a file, not a folder" in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing made, nothing trained
+
+
+def test_dry_run_plan_prices_each_extra_seed():
+    """--seeds N at paper scale: the footer says what one more seed costs (one seed's runs), beside the total."""
+    from experiments.run import ClusterPlan
+
+    plan = ClusterPlan(world=8, gpus=8, resources="8 GPUs", scale="paper", images_per_s_per_gpu=4.0)
+    three = build_matrix(["table3"], "paper", Path("/coco"), seeds=3)
+    lines = plan.footer(three, three)
+    assert lines[0].startswith("total: ~1,466 GPU-h for 9 run(s)")  # 9 runs of ~163 GPU-h
+    assert lines[1].startswith("seeds: 3; each extra seed (--seeds 4, ...) adds ~489 GPU-h for 3 run(s)")
+    assert ClusterPlan(world=1, gpus=0, resources="cpu", scale="smoke", images_per_s_per_gpu=4.0).footer(three, []) == []
+

@@ -4,6 +4,7 @@ preset survives `to_dict` / `from_dict` (and JSON)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -120,10 +121,12 @@ def test_refused_replace_on_an_explicit_config(no_layers):
 @pytest.mark.parametrize("size", SIZES)
 def test_scnet_is_cascade_with_all_components(size):
     """Table 2's last row (Cascade Mask R-CNN + semantic + SC + FR + GC) is the scnet preset, with the
-    box stages' low-quality matching that MMDetection's SCNet config keeps (its Cascade config drops it)."""
+    box stages' low-quality matching that MMDetection's SCNet config keeps (its Cascade config drops it),
+    SCNet's residual semantic head and its test threshold (0.001; Cascade's config has 0.05)."""
     scnet_cfg = resolve_config(f"scnet_{size}")
     spelled = resolve_config(f"cascade_mask_rcnn_{size}", semantic=True, sample_consistency="effective",
-                             feature_relay=True, global_context=True, rcnn_match_low_quality=True)
+                             feature_relay=True, global_context=True, rcnn_match_low_quality=True,
+                             semantic_residual=True, test_score_thr=0.001)
     assert spelled == scnet_cfg
     assert hash(spelled) == hash(scnet_cfg)
     assert json.dumps(spelled.to_dict(), sort_keys=True) == json.dumps(scnet_cfg.to_dict(), sort_keys=True)
@@ -141,15 +144,19 @@ def test_scnet_is_cascade_with_all_components(size):
 @pytest.mark.parametrize("size", SIZES)
 def test_other_spellings_of_the_same_network(size):
     cascade, scnet_name = f"cascade_mask_rcnn_{size}", f"scnet_{size}"
-    # HTC = cascade + interleaved mask flow + semantic (+ MMDetection HTC's low-quality matching)
+    # HTC = cascade + interleaved mask flow + semantic (+ MMDetection HTC's low-quality matching and test
+    # threshold)
     assert resolve_config(f"htc_{size}") == resolve_config(cascade, mask_flow="htc", semantic=True,
-                                                           rcnn_match_low_quality=True)
+                                                           rcnn_match_low_quality=True, test_score_thr=0.001)
+    scnet_base = dict(semantic=True, semantic_residual=True, rcnn_match_low_quality=True, test_score_thr=0.001)
     # Table 5, lambda = None, is Table 2's SC + FR row
     assert resolve_config(scnet_name, global_context=False) == resolve_config(
-        cascade, semantic=True, sample_consistency="effective", feature_relay=True, rcnn_match_low_quality=True)
-    # switching SC off on scnet brings back the 4-conv branches and the plain semantic head
+        cascade, sample_consistency="effective", feature_relay=True, **scnet_base)
+    # switching SC off on scnet brings back the 4-conv branches, and nothing else: the residual semantic
+    # head and the low-quality matching stay (they are not part of sample consistency)
     assert resolve_config(scnet_name, sample_consistency="none") == resolve_config(
-        cascade, semantic=True, feature_relay=True, global_context=True, rcnn_match_low_quality=True)
+        cascade, feature_relay=True, global_context=True, **scnet_base)
+    assert resolve_config(scnet_name, sample_consistency="naive").semantic_residual
     # flags equal to the preset's own values change nothing, in any order
     assert resolve_config(scnet_name, global_context=True, feature_relay=True, semantic=True,
                           sample_consistency="effective") == resolve_config(scnet_name)
@@ -172,7 +179,7 @@ def test_two_spellings_build_the_same_layers():
     a = build_model("scnet_r18_smoke", num_classes=3, num_semantic_classes=4)
     b = build_model("cascade_mask_rcnn_r18_smoke", num_classes=3, num_semantic_classes=4, semantic=True,
                     sample_consistency="effective", feature_relay=True, global_context=True,
-                    rcnn_match_low_quality=True)
+                    rcnn_match_low_quality=True, semantic_residual=True, test_score_thr=0.001)
     shapes_a = {k: tuple(v.shape) for k, v in a.state_dict().items()}
     shapes_b = {k: tuple(v.shape) for k, v in b.state_dict().items()}
     assert shapes_a == shapes_b
@@ -229,15 +236,38 @@ def test_config_is_frozen():
     assert cfg.feature_relay is True
 
 
-@pytest.mark.parametrize("arch,low_quality,allowed_border", [
-    ("mask_rcnn", True, -1), ("cascade_mask_rcnn", False, 0), ("htc", True, 0), ("scnet", True, 0)])
+@pytest.mark.parametrize("arch,low_quality,allowed_border,score_thr", [
+    ("mask_rcnn", True, -1, 0.05), ("cascade_mask_rcnn", False, 0, 0.05), ("htc", True, 0, 0.001),
+    ("scnet", True, 0, 0.001)])
 @pytest.mark.parametrize("size", SIZES)
-def test_training_settings_are_mmdetection_configs(arch, low_quality, allowed_border, size):
+def test_training_and_test_settings_are_mmdetection_configs(arch, low_quality, allowed_border, score_thr, size):
     """MMDetection 3.3.0's train_cfg: rcnn assigners' match_low_quality (left at its default True by
-    Mask R-CNN, HTC and SCNet; False in Cascade Mask R-CNN) and the RPN's allowed_border (-1 / 0)."""
+    Mask R-CNN, HTC and SCNet; False in Cascade Mask R-CNN) and the RPN's allowed_border (-1 / 0); its
+    test_cfg.rcnn.score_thr (0.05 in Mask R-CNN and Cascade Mask R-CNN, 0.001 in HTC and SCNet)."""
     cfg = resolve_config(f"{arch}_{size}")
     assert cfg.rcnn_match_low_quality is low_quality
     assert cfg.rpn_allowed_border == allowed_border
+    assert cfg.test_score_thr == score_thr
+
+
+@pytest.mark.parametrize("preset,flags", [
+    ("cascade_mask_rcnn_r50", dict(sample_consistency="effective")),
+    ("cascade_mask_rcnn_r50", dict(sample_consistency="naive", semantic=True)),
+    ("scnet_r50", dict(sample_consistency="none")),
+    ("scnet_r50", dict(sample_consistency="naive", mask_convs=6)),
+    ("scnet_r50", dict(feature_relay=False, glbctx_weight=1.0)),
+])
+def test_replace_and_build_model_flags_give_one_network(preset, flags, monkeypatch):
+    """`cfg.replace(**flags)` and `build_model(cfg, **flags)` follow one coupling rule: effective sample
+    consistency brings its 12-conv branch, naive/none the 4-conv ones, unless mask_convs is given."""
+    monkeypatch.setattr(scnet.build, "Detector", lambda config: SimpleNamespace(config=config))  # no layers
+    cfg = resolve_config(preset)
+    replaced = cfg.replace(**flags)
+    assert replaced == build_model(cfg, **flags).config == resolve_config(preset, **flags)
+    expected_convs = flags.get("mask_convs", {"effective": 12, "naive": 4, "none": 4}.get(
+        flags.get("sample_consistency"), cfg.mask_convs))
+    assert replaced.mask_convs == expected_convs
+    assert replaced.semantic_residual == cfg.semantic_residual  # never follows sample consistency
 
 
 @pytest.mark.parametrize("fpn_init,zero_bias", [("xavier", True), ("pytorch", False)])

@@ -51,7 +51,9 @@ def coffee():
 @pytest.mark.parametrize("preset", ORACLE_PRESETS)
 def test_reference_weights_reproduce_mmdetection_detections(preset, coffee, tmp_path):
     checkpoint = write_reference_checkpoint(REFERENCE / f"{preset}.state_dict.json", tmp_path / "ref.pth")
-    model = build_model(preset).eval()
+    # The oracle ran every preset with score_thr 0.001 (shared/reference/README.md); the Mask R-CNN and
+    # Cascade presets keep MMDetection's 0.05, tested through scnet.evaluate in test_pipeline_oracle.py.
+    model = build_model(preset, test_score_thr=0.001).eval()
     load_checkpoint(model, checkpoint, preset_name=preset)
     oracle = json.loads((REFERENCE / "oracle" / f"{preset}.coffee.mmdet_outputs.json").read_text())
     image, meta = coffee
