@@ -155,6 +155,26 @@ def test_a_hung_rank_stops_the_other_at_the_short_collective_timeout(shapes, tmp
     assert "FAILED" in out0 and "imed out" in out0, out0[-3000:]  # gloo: "Timed out waiting 10000ms ..."
 
 
+def test_a_rank_slower_at_start_up_than_the_collective_timeout_still_trains(shapes, tmp_path):
+    """Start-up skew (late process start, slow data indexing) is waited for with the patient timeout;
+    the short one applies to training steps only (issue 19, item 1)."""
+    from tests.engine_rank_worker import SLOW_START_S
+
+    timeout_s = 3
+    assert SLOW_START_S > 2 * timeout_s  # each delay alone exceeds the collective timeout
+    run_dir = tmp_path / "run"
+    write_config(run_dir, _config(shapes, max_iters=2).to_dict())
+    processes = _start_ranks("slow-start", run_dir, timeout_s)
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert [row["iter"] for row in read_metrics(run_dir)] == [1, 2]
+
+
 def test_collective_timeout_comes_from_the_environment():
     from scnet.engine.distributed import collective_timeout
 

@@ -213,6 +213,9 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
 
     net: nn.Module = model
     if world > 1:
+        # Set-up (data index, run files, checkpoint) takes each rank its own time: meet under the
+        # patient timeout before DDP's first broadcast, the first collective with the short one.
+        distributed.patient_barrier()
         # find_unused_parameters: a head can sit out an iteration (e.g. no positive samples).
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
