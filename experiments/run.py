@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_wait and not executor.supports_no_wait:
         raise UsageError(f"--no-wait needs an executor that runs outside this process (local or slurm), "
                          f"not {executor_name}")
-    executor.check()
+    executor.check(runs=sum(s.state in (State.PENDING, State.FAILED) for s in run_statuses(run_dirs)))
     ensure_data(args.scale, data_root, progress)
     prepare_run_dirs(matrix, runs_dir)
 

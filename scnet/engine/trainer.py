@@ -158,6 +158,7 @@ def _make_loader(dataset: Any, *, collate_fn: Callable, run_config: RunConfig, e
     # generator, which the model's samplers use (resume would otherwise shift their stream).
     return DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate_fn,
                       num_workers=run_config.num_workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=preemption.ignore_stop_signals,
                       generator=torch.Generator().manual_seed(derive_seed("loader", run_config.seed, epoch)))
 
 
