@@ -113,10 +113,10 @@ def _start_ranks(mode: str, run_dir: Path, timeout_s: int) -> list[subprocess.Po
     return processes
 
 
-def _two_ranks(mode: str, run_dir: Path) -> list[tuple[int, str]]:
+def _two_ranks(mode: str, run_dir: Path, collective_timeout_s: int = 3600) -> list[tuple[int, str]]:
     """Run both ranks of the worker; (exit status, output) per rank. The collective timeout is an
-    hour, so a rank left waiting for a failed peer would show up as this call's timeout."""
-    processes = _start_ranks(mode, run_dir, 3600)
+    hour unless given, so a rank left waiting for a failed peer would show up as this call's timeout."""
+    processes = _start_ranks(mode, run_dir, collective_timeout_s)
     try:
         outputs = [p.communicate(timeout=300)[0] for p in processes]
     finally:
@@ -164,14 +164,8 @@ def test_a_rank_slower_at_start_up_than_the_collective_timeout_still_trains(shap
     assert SLOW_START_S > 2 * timeout_s  # each delay alone exceeds the collective timeout
     run_dir = tmp_path / "run"
     write_config(run_dir, _config(shapes, max_iters=2).to_dict())
-    processes = _start_ranks("slow-start", run_dir, timeout_s)
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    (rank0, out0), (rank1, out1) = _two_ranks("slow-start", run_dir, timeout_s)
+    assert (rank0, rank1) == (0, 0), out0[-3000:] + out1[-3000:]
     assert [row["iter"] for row in read_metrics(run_dir)] == [1, 2]
 
 
