@@ -156,11 +156,12 @@ def test_preempted_smoke_runs_resume_from_the_checkpoint_their_signal_made(tmp_p
         # submitit's files live in the run directory.
         assert (warned / "submitit" / job_ids[0]).is_dir()
 
-        for run_dir in (warned, terminated):
-            _wait(lambda: len(_iterations(run_dir)) >= 2, 300, "two training iterations", every=0.05)
+        # Each run is signalled once it has trained two iterations (the two may not run at once when
+        # other jobs hold the node's cores).
+        for run_dir, job_id, name in ((warned, job_ids[0], "USR2"), (terminated, job_ids[1], "TERM")):
+            _wait(lambda: len(_iterations(run_dir)) >= 2, 600, "two training iterations", every=0.05)
             assert not (run_dir / "checkpoints" / "last.pth").exists(), "a periodic checkpoint came first"
-        subprocess.run(["scancel", "--signal=USR2", job_ids[0]], check=True)
-        subprocess.run(["scancel", "--signal=TERM", job_ids[1]], check=True)
+            subprocess.run(["scancel", f"--signal={name}", job_id], check=True)
         # SIGTERM without a preemption (as from scancel): the checkpoint is saved and the job ends;
         # the test requeues it, as a later experiments.run call (or SLURM's PreemptMode=REQUEUE) would.
         _wait(lambda: _queue_state(job_ids[1])[0] == "GONE", 120, "the terminated job to end")
