@@ -172,7 +172,8 @@ def test_gpu_check_quick_mode_runs_every_check_on_cpu_and_prints_one_table():
     assert "float32: " in done.stdout and "NCCL environment" in done.stdout
     reference = REPO.parent / "shared" / "reference"
     if reference.is_dir():
-        assert status[("cuda-vs-cpu", "mask_rcnn_r50")] == "ok"
+        strict = [r for r in rows if r[0] == "cuda-vs-cpu" and r[2].startswith("strict fp32")]
+        assert [(r[1], r[3], r[4]) for r in strict] == [("mask_rcnn_r50", "ok", "100/100 matched")]
         assert status[("oracle", "mask_rcnn_r50")] == "info"  # bit-exact only on the oracle's CPU
 
 
