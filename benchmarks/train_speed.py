@@ -4,9 +4,10 @@
     python benchmarks/train_speed.py --preset scnet_r18_smoke --size 256 192 --device cpu
 
 Inputs are random images with random rectangular objects (no dataset needed); the step is the
-trainer's (forward, backward, SGD update; AMP on CUDA unless --no-amp). The first `--warmup`
-iterations are not timed. Peak memory is `torch.cuda.max_memory_allocated` on CUDA and the
-process's peak resident set size on CPU. Not a test: numbers depend on the machine.
+trainer's (forward, one host copy of the logged losses, backward, SGD update through a GradScaler;
+AMP on CUDA unless --no-amp). The first `--warmup` iterations are not timed. Peak memory is
+`torch.cuda.max_memory_allocated` (and `max_memory_reserved`) on CUDA and the process's peak
+resident set size on CPU. Not a test: numbers depend on the machine.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import json
 import resource
 import sys
 import time
+import warnings
+from collections import Counter
 
 import torch
 
@@ -48,8 +51,33 @@ def random_batch(batch: int, width: int, height: int, num_classes: int, semantic
     return images, targets
 
 
+# What torch.cuda.set_sync_debug_mode("warn") says at each host-device synchronisation.
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def count_syncs(step) -> tuple[int, list[tuple[str, int]]]:
+    """Run `step()` with CUDA's sync debug mode on: the host-device synchronisations it made, and the
+    five source lines that made most of them (file:line, count)."""
+    sites: Counter[str] = Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")
+    for warning in caught:
+        if SYNC_WARNING in str(warning.message):
+            sites[f"{warning.filename}:{warning.lineno}"] += 1
+    return sum(sites.values()), sites.most_common(5)
+
+
 def measure(preset: str, device: torch.device, *, width: int, height: int, batch: int, iters: int, warmup: int,
-            amp: bool, num_classes: int) -> dict[str, object]:
+            amp: bool, num_classes: int, syncs: bool = False) -> dict[str, object]:
+    """Timing, peak memory, every step's losses and the GradScaler's final scale; with `syncs`, also the
+    host-device synchronisations of one more (untimed) step."""
     torch.manual_seed(0)
     model = build_model(preset, num_classes=num_classes, num_semantic_classes=num_classes + 1).to(device)
     model.train()
@@ -62,31 +90,46 @@ def measure(preset: str, device: torch.device, *, width: int, height: int, batch
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    step_losses: list[dict[str, float]] = []
+
+    def step() -> None:
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            losses = model(images, targets)
+        total = sum(losses.values())
+        # the trainer's one device-to-host copy of the logged losses
+        values = torch.stack([v.detach().float() for v in (*losses.values(), total)]).tolist()
+        step_losses.append(dict(zip([*losses, "loss"], values)))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
     times = []
-    for step in range(warmup + iters):
+    for index in range(warmup + iters):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            losses = model(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if step >= warmup:
+        if index >= warmup:
             times.append(time.perf_counter() - start)
+    sync_count, sync_sites = count_syncs(step) if syncs and device.type == "cuda" else (None, [])
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        reserved_mb = torch.cuda.max_memory_reserved(device) / 2**20
         name = torch.cuda.get_device_name(device)
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        reserved_mb = None
         name = f"cpu ({torch.get_num_threads()} threads)"
     times.sort()
     return {"preset": preset, "device": name, "size": [width, height], "batch": batch, "amp": use_amp,
             "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
-            "peak_memory_mb": peak_mb, "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"}
+            "peak_memory_mb": peak_mb, "peak_reserved_mb": reserved_mb,
+            "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
+            "losses": step_losses, "scaler_scale": float(scaler.get_scale()) if use_amp else None,
+            "syncs_per_step": sync_count, "sync_sites": sync_sites}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,20 @@
 """What a run matrix asks of a cluster: per run the resources of each job and the GPU-hours.
 
 The GPU-hours come from the schedule (epochs x training images / global batch = iterations, times
-the batch = images seen) divided by an assumed training throughput per GPU. The throughput is an
-assumption, printed with every estimate and changed with --images-per-s-per-gpu; it is not
-measured here. Evaluation (val2017, minutes) is left out.
+the batch = images seen) divided by a training throughput per GPU: an assumed figure, or the one
+`benchmarks/gpu_check.py` measured on a GPU (its JSON file given to --images-per-s-per-gpu), printed
+with every estimate. Evaluation (val2017, minutes) is left out.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
 
+from experiments.runspec import UsageError
 from scnet.engine.run_config import RunConfig
 
 # train2017 images with annotations (MMDetection's count after dropping images without any); the
@@ -20,6 +24,64 @@ COCO_TRAIN_IMAGES = 117_266
 # cascade-style R50 model on a current data-centre GPU: a round planning figure, not a measurement.
 # Mask R-CNN is faster, HTC/SCNet slower.
 DEFAULT_IMAGES_PER_S_PER_GPU = 4.0
+
+
+def _family(preset: str) -> str:
+    """'scnet_r101' -> 'scnet', 'cascade_mask_rcnn_x101_64x4d' -> 'cascade_mask_rcnn'."""
+    match = re.match(r"(.+?)_[rx]\d+", preset)
+    return match.group(1) if match else preset
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training images/s per GPU behind the estimate: one assumed figure, or gpu_check's measurements
+    per R50 preset and mode (fp32/amp), used for the run's model family (R101/X101 runs are slower than
+    their family's R50 figure says) and, for a family not measured, the slowest measured."""
+
+    assumed: float = DEFAULT_IMAGES_PER_S_PER_GPU
+    measured: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    source: str = ""
+
+    def for_run(self, config: RunConfig) -> float:
+        if not self.measured:
+            return self.assumed
+        mode = "amp" if config.amp else "fp32"
+        figures = {preset: modes[mode] for preset, modes in self.measured.items() if mode in modes}
+        figures = figures or {preset: min(modes.values()) for preset, modes in self.measured.items()}
+        same = [value for preset, value in figures.items() if _family(preset) == _family(config.preset)]
+        return same[0] if same else min(figures.values())
+
+    def describe(self) -> str:
+        if not self.measured:
+            return (f"assumed: {self.assumed:g} training images/s per GPU (1333x800; not measured; "
+                    "--images-per-s-per-gpu to change, or give it benchmarks/gpu_check.py's JSON file)")
+        figures = ", ".join(f"{preset} {'/'.join(f'{v:.2f}' for v in modes.values())} ({'/'.join(modes)})"
+                            for preset, modes in self.measured.items())
+        return (f"measured: training images/s per GPU {figures}, by {self.source} (1333x800, 2 images, one GPU, "
+                "no data loading or DDP; R101/X101 runs take their R50 family's figure and are slower)")
+
+
+def read_throughput(value: str) -> Throughput:
+    """--images-per-s-per-gpu: a positive number (assumed), or gpu_check's JSON file (measured)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None:
+        if not number > 0:
+            raise UsageError(f"--images-per-s-per-gpu {value}: need a positive number")
+        return Throughput(assumed=number)
+    path = Path(value)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--images-per-s-per-gpu {value}: neither a number nor a readable gpu_check JSON file "
+                         f"({exc}); give images/s, or the file benchmarks/gpu_check.py wrote") from None
+    measured = record.get("images_per_s_per_gpu") if isinstance(record, dict) else None
+    if record.get("quick") or not isinstance(measured, dict) or not measured:
+        raise UsageError(f"--images-per-s-per-gpu {value}: no GPU training figures in it (a --quick or CPU run, or "
+                         "every training row failed); run python benchmarks/gpu_check.py on a GPU")
+    return Throughput(measured=measured, source=f"{path.name} ({record.get('device')}, {record.get('date')})")
 
 
 @dataclass(frozen=True)

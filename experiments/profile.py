@@ -142,7 +142,8 @@ class SlurmProfile:
         return params
 
     def sbatch_flags(self) -> list[str]:
-        """The same request as sbatch command-line flags (for `sbatch --test-only`)."""
+        """The profile's own part of the request as sbatch flags, for reading it at a glance (the tests
+        do). `sbatch --test-only` checks the whole script instead (`SlurmExecutor.batch_script`)."""
         flags = [f"--time={self.time_min}", f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}"]
         for key in ("partition", "account", "qos", "constraint"):
             value = getattr(self, key)

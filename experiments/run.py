@@ -22,8 +22,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from experiments.estimate import (COCO_TRAIN_IMAGES, DEFAULT_IMAGES_PER_S_PER_GPU, describe_resources,
-                                  estimate_run)
+from experiments.estimate import (COCO_TRAIN_IMAGES, DEFAULT_IMAGES_PER_S_PER_GPU, Throughput, describe_resources,
+                                  estimate_run, read_throughput)
 from experiments.executors import EXECUTORS, make_executor
 from experiments.executors.base import wait_for_runs
 from experiments.profile import SlurmProfile, load_profile
@@ -58,9 +58,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-run", type=int, default=None,
                         help="local executor: GPUs per run, one training process each, torchrun-style (default: "
                              "at paper scale all visible GPUs shared out over --jobs; at smoke scale one process)")
-    parser.add_argument("--images-per-s-per-gpu", type=float, default=DEFAULT_IMAGES_PER_S_PER_GPU,
-                        help="--dry-run at paper scale: the training throughput assumed for the GPU-hour "
-                             f"estimate (default {DEFAULT_IMAGES_PER_S_PER_GPU}, an assumption, not a measurement)")
+    parser.add_argument("--images-per-s-per-gpu", default=str(DEFAULT_IMAGES_PER_S_PER_GPU), metavar="N|JSON",
+                        help="--dry-run at paper scale: the training throughput for the GPU-hour estimate: a number "
+                             f"(default {DEFAULT_IMAGES_PER_S_PER_GPU}, an assumption), or the JSON file "
+                             "benchmarks/gpu_check.py wrote on a GPU (measured)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field for every run, e.g. --set schedule.max_iters=20 "
                              "(changes the runs' identity)")
@@ -112,12 +113,12 @@ class ClusterPlan:
     """Where each run would train and what it asks for: one job per run (one array per table on
     SLURM) with `world` processes, one per GPU."""
 
-    def __init__(self, *, world: int, gpus: int, resources: str, scale: str, images_per_s_per_gpu: float,
+    def __init__(self, *, world: int, gpus: int, resources: str, scale: str, throughput: Throughput,
                  time_limit_min: int | None = None, max_requeue: int | None = None,
                  runs_at_once: int | None = None, where: str = "") -> None:
         self.world, self.gpus, self.resources, self.scale = world, gpus, resources, scale
         self.where = where or resources
-        self.images_per_s_per_gpu = images_per_s_per_gpu
+        self.throughput = throughput
         self.time_limit_min, self.max_requeue = time_limit_min, max_requeue
         self.runs_at_once = runs_at_once
 
@@ -131,7 +132,8 @@ class ClusterPlan:
     def run_lines(self, spec: RunSpec) -> list[str]:
         lines = [f"asks: {self.resources}"]
         if self.scale == "paper":
-            estimate = estimate_run(spec.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu,
+            estimate = estimate_run(spec.config, self.gpus,
+                                    images_per_s_per_gpu=self.throughput.for_run(spec.config),
                                     time_limit_min=self.time_limit_min)
             lines.append(f"cost: {estimate.describe()}")
             if estimate.jobs is not None and self.max_requeue is not None and estimate.jobs - 1 > self.max_requeue:
@@ -146,7 +148,8 @@ class ClusterPlan:
         if self.scale != "paper":
             return []
         def total(specs: list[RunSpec]) -> float:
-            return sum(estimate_run(s.config, self.gpus, images_per_s_per_gpu=self.images_per_s_per_gpu).gpu_hours
+            return sum(estimate_run(s.config, self.gpus,
+                                    images_per_s_per_gpu=self.throughput.for_run(s.config)).gpu_hours
                        for s in specs)
         everything, remaining = total(matrix), total(todo)
         at_once = ""
@@ -160,15 +163,14 @@ class ClusterPlan:
                 f"for {len(todo)} run(s){at_once}",
                 f"seeds: {len(seeds)}; each extra seed (--seeds {len(seeds) + 1}, ...) adds ~{total(one_seed):,.0f} "
                 f"GPU-h for {len(one_seed)} run(s); differences within the seeds' spread are marked in the tables",
-                f"assumed: {self.images_per_s_per_gpu:g} training images/s per GPU (1333x800; not measured; "
-                f"--images-per-s-per-gpu to change) and {COCO_TRAIN_IMAGES:,} COCO train2017 images per epoch; "
+                f"{self.throughput.describe()}; {COCO_TRAIN_IMAGES:,} COCO train2017 images per epoch; "
                 "evaluation not included"]
 
 
-def slurm_plan(profile: SlurmProfile, scale: str, images_per_s_per_gpu: float) -> ClusterPlan:
+def slurm_plan(profile: SlurmProfile, scale: str, throughput: Throughput) -> ClusterPlan:
     resources = describe_resources(profile.resources(), f"sbatch, profile {profile.source}")
     return ClusterPlan(world=profile.world_size, gpus=profile.nodes * profile.gpus_per_node, resources=resources,
-                       scale=scale, images_per_s_per_gpu=images_per_s_per_gpu, time_limit_min=profile.time_min,
+                       scale=scale, throughput=throughput, time_limit_min=profile.time_min,
                        max_requeue=profile.max_requeue, runs_at_once=profile.array_parallelism,
                        where=f"{profile.nodes} node(s) x {profile.tasks_per_node} task(s), profile {profile.source}")
 
@@ -196,15 +198,15 @@ def local_gpu_groups(scale: str, jobs: int, gpus_per_run: int | None) -> list[tu
         raise UsageError(f"--gpus-per-run/--jobs: {exc} (CUDA_VISIBLE_DEVICES selects GPUs)") from None
 
 
-def local_plan(groups: list[tuple[str, ...]] | None, scale: str, images_per_s_per_gpu: float) -> ClusterPlan:
+def local_plan(groups: list[tuple[str, ...]] | None, scale: str, throughput: Throughput) -> ClusterPlan:
     if groups:
         resources = (f"this machine: {len(groups[0])} GPU(s) per run (CUDA_VISIBLE_DEVICES={','.join(groups[0])}"
                      f"{' and others' if len(groups) > 1 else ''}), one process each")
         return ClusterPlan(world=len(groups[0]), gpus=len(groups[0]), resources=resources, scale=scale,
-                           images_per_s_per_gpu=images_per_s_per_gpu, runs_at_once=len(groups),
+                           throughput=throughput, runs_at_once=len(groups),
                            where=f"one per GPU of this machine's {len(groups[0])}-GPU group; --gpus-per-run to change")
     return ClusterPlan(world=1, gpus=0, resources="this machine: one process per run, no GPU set aside",
-                       scale=scale, images_per_s_per_gpu=images_per_s_per_gpu)
+                       scale=scale, throughput=throughput)
 
 
 class Reporter:
@@ -334,8 +336,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus_per_run is not None and (args.gpus_per_run < 0 or executor_name != "local"):
         raise UsageError(f"--gpus-per-run {args.gpus_per_run}: " + ("need 0 or more" if args.gpus_per_run < 0 else
                          f"for the local executor only (on SLURM the profile says how many GPUs)"))
-    if args.images_per_s_per_gpu <= 0:
-        raise UsageError(f"--images-per-s-per-gpu {args.images_per_s_per_gpu}: need a positive number")
+    throughput = read_throughput(args.images_per_s_per_gpu)
     profile = load_profile(args.profile) if args.profile else None
     data_root = resolve_data_root(args.scale, args.data)
     overrides = parse_overrides(args.set)
@@ -354,9 +355,9 @@ def run(args: argparse.Namespace) -> int:
 
     groups = local_gpu_groups(args.scale, args.jobs, args.gpus_per_run) if executor_name == "local" else None
     if profile is not None:
-        plan = slurm_plan(profile, args.scale, args.images_per_s_per_gpu)
+        plan = slurm_plan(profile, args.scale, throughput)
     else:
-        plan = local_plan(groups, args.scale, args.images_per_s_per_gpu)
+        plan = local_plan(groups, args.scale, throughput)
 
     if inspecting:
         print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status,
@@ -375,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_wait and not executor.supports_no_wait:
         raise UsageError(f"--no-wait needs an executor that runs outside this process (local or slurm), "
                          f"not {executor_name}")
-    executor.check()
+    executor.check(runs=sum(s.state in (State.PENDING, State.FAILED) for s in run_statuses(run_dirs)))
     ensure_data(args.scale, data_root, progress)
     prepare_run_dirs(matrix, runs_dir)
 

@@ -124,3 +124,13 @@ def match_detections(reference: dict, ours: dict, *, min_score: float = MIN_SCOR
         else:
             unmatched.append(int(i))
     return MatchReport(matched, total, unmatched)
+
+
+def as_reference(detections: dict) -> dict:
+    """Our detections (tensors, as the model returns them) in the reference's form, so that two of
+    our own runs (two devices, two kernel sets) can be compared with `match_detections`."""
+    masks = detections["masks"].cpu().numpy().astype(np.uint8)
+    return {"bboxes_xyxy": detections["boxes"].cpu().double().tolist(),
+            "scores": detections["scores"].cpu().double().tolist(),
+            "labels": detections["labels"].cpu().tolist(),
+            "masks_rle": [mask_utils.encode(np.asfortranarray(mask)) for mask in masks]}

@@ -7,6 +7,8 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT come from the environment. MODE:
 - `nan-loss`: rank 1's model returns a NaN loss at its 3rd forward;
 - `stop`: rank 1 alone is asked to stop (as by USR2) while loading its 3rd sample;
 - `hang`: rank 1 hangs (sleeps) while loading its 3rd sample, as a rank stuck in I/O would;
+- `slow-start`: rank 1 starts SLOW_START_S late and takes as long again to build its training set
+  (imports from a busy filesystem, parsing train2017), each longer than the collective timeout;
 - `ok`: no fault (a normal run with evaluation).
 Exit status: 0 when the run finished, 3 on TrainingInterrupted, 1 on any other exception (its type
 and message printed as 'FAILED <type>: <message>').
@@ -26,6 +28,7 @@ from scnet.engine.run_config import RunConfig
 from scnet.records import read_config
 
 FAULT_AT = 3
+SLOW_START_S = 8.0
 
 
 class _FaultyDataset:
@@ -73,6 +76,8 @@ def main(mode: str, run_dir: Path) -> int:
     build_dataset, build_model = runner.build_dataset, runner.build_run_model
 
     def faulty_dataset(run_config: RunConfig, split: str, *, train: bool) -> Any:
+        if mode == "slow-start" and train and os.environ["RANK"] == "1":
+            time.sleep(SLOW_START_S)
         dataset = build_dataset(run_config, split, train=train)
         return _FaultyDataset(dataset, mode) if train else dataset
 
@@ -81,6 +86,8 @@ def main(mode: str, run_dir: Path) -> int:
         return _nan_on_third_forward(model) if mode == "nan-loss" and os.environ["RANK"] == "1" else model
 
     runner.build_dataset, runner.build_run_model = faulty_dataset, faulty_model
+    if mode == "slow-start" and os.environ["RANK"] == "1":
+        time.sleep(SLOW_START_S)  # rank 0 waits in the rendezvous meanwhile
     try:
         runner.run_training(RunConfig.from_dict(read_config(run_dir)), run_dir, progress=False, device="cpu")
     except preemption.TrainingInterrupted as exc:

@@ -113,10 +113,10 @@ def _start_ranks(mode: str, run_dir: Path, timeout_s: int) -> list[subprocess.Po
     return processes
 
 
-def _two_ranks(mode: str, run_dir: Path) -> list[tuple[int, str]]:
+def _two_ranks(mode: str, run_dir: Path, collective_timeout_s: int = 3600) -> list[tuple[int, str]]:
     """Run both ranks of the worker; (exit status, output) per rank. The collective timeout is an
-    hour, so a rank left waiting for a failed peer would show up as this call's timeout."""
-    processes = _start_ranks(mode, run_dir, 3600)
+    hour unless given, so a rank left waiting for a failed peer would show up as this call's timeout."""
+    processes = _start_ranks(mode, run_dir, collective_timeout_s)
     try:
         outputs = [p.communicate(timeout=300)[0] for p in processes]
     finally:
@@ -153,6 +153,20 @@ def test_a_hung_rank_stops_the_other_at_the_short_collective_timeout(shapes, tmp
         rank1.communicate()
     assert rank0.returncode == 1, out0[-3000:]
     assert "FAILED" in out0 and "imed out" in out0, out0[-3000:]  # gloo: "Timed out waiting 10000ms ..."
+
+
+def test_a_rank_slower_at_start_up_than_the_collective_timeout_still_trains(shapes, tmp_path):
+    """Start-up skew (late process start, slow data indexing) is waited for with the patient timeout;
+    the short one applies to training steps only (issue 19, item 1)."""
+    from tests.engine_rank_worker import SLOW_START_S
+
+    timeout_s = 3
+    assert SLOW_START_S > 2 * timeout_s  # each delay alone exceeds the collective timeout
+    run_dir = tmp_path / "run"
+    write_config(run_dir, _config(shapes, max_iters=2).to_dict())
+    (rank0, out0), (rank1, out1) = _two_ranks("slow-start", run_dir, timeout_s)
+    assert (rank0, rank1) == (0, 0), out0[-3000:] + out1[-3000:]
+    assert [row["iter"] for row in read_metrics(run_dir)] == [1, 2]
 
 
 def test_collective_timeout_comes_from_the_environment():

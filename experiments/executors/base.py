@@ -34,8 +34,8 @@ class Executor(ABC):
     # False: the executor can only train while the harness waits (inline).
     supports_no_wait: bool = True
 
-    def check(self) -> None:
-        """Refuse up front what would fail at submission (raise UsageError)."""
+    def check(self, runs: int = 1) -> None:
+        """Refuse up front what would fail when `runs` runs are submitted (raise UsageError)."""
 
     @abstractmethod
     def execute(self, run_dirs: list[Path], *, wait: bool, on_end: OnEnd) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from experiments.executors.base import Executor, OnEnd, claim_run, wait_for_runs
@@ -44,21 +45,50 @@ class SlurmExecutor(Executor):
         self.job_ids: dict[Path, str] = {}
 
     # --------------------------------------------------------------------------------- up front
-    def check(self) -> None:
-        """Ask the cluster whether it would take the job (`sbatch --test-only`), submitting nothing."""
+    def check(self, runs: int = 1) -> None:
+        """Ask the cluster whether it would take the job (`sbatch --test-only`), submitting nothing.
+
+        The script tested is the one `submit` will hand to sbatch for `runs` runs, word for word
+        (array, signal, hold, submitit's wckey and output paths included): a cluster that refuses
+        one of those options refuses it here, not after the data is prepared."""
         if not slurm_available():
             raise UsageError("--executor slurm: sbatch/squeue not found on this machine; run from a SLURM "
                              "login node (or start the test cluster: sudo bash slurm/local-cluster.sh start)")
-        command = ["sbatch", "--test-only", *self.profile.sbatch_flags(), f"--job-name={self.job_name}",
-                   "--wrap=true"]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            raise SubmissionError("sbatch --test-only did not answer within 60 s; is slurmctld up?") from None
+        if runs < 1:
+            return
+        text = self.batch_script(runs)
+        with tempfile.TemporaryDirectory(prefix="scnet-sbatch-") as folder:
+            script = Path(folder) / "job.sh"
+            script.write_text(text)
+            try:
+                done = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True,
+                                      timeout=60)
+            except subprocess.TimeoutExpired:
+                raise SubmissionError("sbatch --test-only did not answer within 60 s; is slurmctld up?") from None
         if done.returncode != 0:
             words = (done.stderr or done.stdout).strip()
+            options = " ".join(line.removeprefix("#SBATCH ") for line in text.splitlines() if line.startswith("#SBATCH"))
             raise SubmissionError(f"the cluster refuses the job (profile {self.profile.source}):\n{words}\n"
-                                  f"(checked with: {' '.join(command)})")
+                                  f"(checked with: sbatch --test-only {options})")
+
+    def _submitit_executor(self):
+        """The submitit executor `submit` uses: the profile's request, held until the logs are moved."""
+        import submitit
+
+        executor = submitit.SlurmExecutor(folder=self.runs_dir / SLURM_LINK_DIR / "%j",
+                                          max_num_timeout=self.profile.max_requeue, python=self.profile.python)
+        params = self.profile.submitit_parameters(self.job_name)
+        params["additional_parameters"] = {**params.get("additional_parameters", {}), "hold": True}
+        executor.update_parameters(**params)
+        return executor
+
+    def batch_script(self, runs: int) -> str:
+        """The sbatch script submitit writes for `runs` runs (a job array when more than one), as
+        submitit's own array submission builds it."""
+        executor = self._submitit_executor()
+        if runs > 1:
+            executor.parameters["map_count"] = runs
+        return executor._make_submission_file_text(executor._submitit_command_str, "test-only")
 
     # ------------------------------------------------------------------------------------- submit
     def execute(self, run_dirs: list[Path], *, wait: bool, on_end: OnEnd) -> None:
@@ -71,8 +101,6 @@ class SlurmExecutor(Executor):
 
     def submit(self, run_dirs: list[Path], on_end: OnEnd) -> dict[Path, str]:
         """Submit the runs as one array (one job if a single run); returns run dir -> SLURM job id."""
-        import submitit
-
         locks: list[RunLock] = []
         chosen: list[Path] = []
         # Hold the runs' locks while submitting, so a concurrent invocation sees them as taken.
@@ -86,11 +114,7 @@ class SlurmExecutor(Executor):
             return {}
         link_dir = self.runs_dir / SLURM_LINK_DIR
         link_dir.mkdir(parents=True, exist_ok=True)
-        executor = submitit.SlurmExecutor(folder=link_dir / "%j", max_num_timeout=self.profile.max_requeue,
-                                          python=self.profile.python)
-        params = self.profile.submitit_parameters(self.job_name)
-        params["additional_parameters"] = {**params.get("additional_parameters", {}), "hold": True}
-        executor.update_parameters(**params)
+        executor = self._submitit_executor()
         array_id = None
         try:
             try:

@@ -10,13 +10,22 @@ requeues the job. The requeued job resumes from that checkpoint: no iteration is
 A signal outside training (data set-up, evaluation) goes straight to submitit's handler: the last
 checkpoint is then all the state there is.
 
+SIGTERM (a preemption without `send_user_signal`, a `scancel`, the time limit itself) stops the loop
+the same way, within SLURM's KillWait: the iteration reached is saved. Then the job requeues itself
+only if SLURM selected it for preemption (`PreemptTime` in `scontrol show job`); after a `scancel`
+(which requeueing would undo) or the time limit it just ends, and the next `experiments.run` call
+resubmits the run, which resumes from that checkpoint. Outside training SIGTERM goes to submitit's
+handler, which only logs it.
+
 A job that was given GPUs (SLURM_JOB_GPUS and friends) and finds CUDA unusable stops at once with
 the driver and CUDA versions (`scnet.engine.device`), instead of training on the CPU.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -29,6 +38,18 @@ def _job_id() -> str:
     if array and task:
         return f"{array}_{task}"
     return os.environ.get("SLURM_JOB_ID", "?")
+
+
+def _preempted(job_id: str) -> bool:
+    """Whether SLURM has selected the job for preemption: `scontrol show job` then gives a
+    `PreemptTime`. A SIGTERM without it is a `scancel` or the time limit."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+                               timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    match = re.search(r"\bPreemptTime=(\S+)", shown)
+    return match is not None and match.group(1) not in ("None", "Unknown", "N/A")
 
 
 def _is_done(run_dir: Path) -> bool:
@@ -74,20 +95,31 @@ class TrainingJob:
         from scnet.engine import preemption
 
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
-        restore = preemption.install_stop_signal(signal.SIGUSR2, on_idle=requeue if callable(requeue) else None)
+        logs_term = signal.getsignal(signal.SIGTERM)  # submitit's: logs it ("Bypassing signal SIGTERM")
+        restores = [preemption.install_stop_signal(signal.SIGUSR2, on_idle=requeue if callable(requeue) else None),
+                    preemption.install_stop_signal(signal.SIGTERM, on_idle=logs_term if callable(logs_term) else None)]
+
+        def restore() -> None:
+            for undo in restores:
+                undo()
+
         try:
             train_in_this_process(run_dir, progress=False)
         except preemption.TrainingInterrupted as stopped:
+            terminated = signal.SIGTERM in preemption.signals_received()
+            requeueing = not terminated or (rank == 0 and _preempted(_job_id()))
             if rank == 0:
+                then = "requeueing" if requeueing else ("not requeueing: cancelled or out of time, not preempted "
+                                                        "(the next experiments.run call resubmits it, resuming)")
                 with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
                     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [harness] SLURM job {_job_id()}: "
-                              f"checkpoint at iteration {stopped.iteration} saved on {stopped.reason}; requeueing\n")
+                              f"checkpoint at iteration {stopped.iteration} saved on {stopped.reason}; {then}\n")
                 restore()
                 lock.release()
-                if callable(requeue):
+                if callable(requeue) and requeueing:
                     requeue(signal.SIGUSR2, None)  # submitit: checkpoint() + scontrol requeue + exit
             # The other ranks end here; the requeue restarts every task.
-            return f"{run_dir}: stopped at iteration {stopped.iteration} for a requeue"
+            return f"{run_dir}: stopped at iteration {stopped.iteration}"
         except Exception as exc:
             if rank == 0:
                 write_attempt(run_dir, "failed", "slurm", slurm_job_id=_job_id(),

@@ -3,7 +3,9 @@
 torchrun exports RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; a SLURM job step (srun, or
 submitit with tasks_per_node > 1) exports SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the node
 list instead, so the rendezvous address is derived from the first node of SLURM_NODELIST and the
-port from the job id (every task of a job computes the same one) unless given.
+port from the job id (every task of a job computes the same one) unless given. That port lies
+below Linux's ephemeral range (32768-60999), from which outgoing connections take theirs: a port
+inside it is now and then already in use on the node.
 
 Two groups, two timeouts. The default group (NCCL on CUDA) carries the training step's collectives
 and times out after `SCNET_COLLECTIVE_TIMEOUT_S` (120 s): a rank that dies without a word (killed,
@@ -12,10 +14,17 @@ work (COCOeval on val2017, writing a checkpoint, making the smoke dataset) go th
 group with a 60-minute timeout (`patient_barrier`, `broadcast_object`, `gather_to_main`). A rank
 that fails with an exception says so through `agree` before the next collective, so the others
 stop at once (see `scnet.engine.trainer`).
+
+Start-up is not a training step: ranks reach the first collective minutes apart (imports from a
+shared filesystem, parsing train2017, rank 0 writing the run's files), which the 120 s timeout
+would turn into a failed job. So the rendezvous waits with the patient timeout (the store is made
+first, with it, and handed to the process group), and the trainer passes a `patient_barrier`
+before DistributedDataParallel's first broadcast (MMDetection waits up to 30 minutes there).
 """
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import re
 import socket
@@ -84,12 +93,50 @@ def detect_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
         if "MASTER_PORT" in env:
             port = _int(env, "MASTER_PORT")
         else:
-            job = int(env.get("SLURM_JOB_ID", "0") or 0)
-            port = 20000 + job % 20000
+            port = slurm_rendezvous_port(int(env.get("SLURM_JOB_ID", "0") or 0))
         return DistEnv(rank=_int(env, "SLURM_PROCID"), world_size=_int(env, "SLURM_NTASKS"),
                        local_rank=_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
                        master_addr=addr, master_port=port, launcher="slurm")
     return DistEnv()
+
+
+# Ports for a SLURM job's rendezvous, chosen by job id: below Linux's default ephemeral range
+# (net.ipv4.ip_local_port_range = 32768 60999) and above most services' fixed ports.
+RENDEZVOUS_PORTS = range(20000, 32768)
+
+
+def slurm_rendezvous_port(job_id: int) -> int:
+    """The same port on every task of a job; jobs sharing a first node differ unless their ids are
+    len(RENDEZVOUS_PORTS) apart."""
+    return RENDEZVOUS_PORTS.start + job_id % len(RENDEZVOUS_PORTS)
+
+
+class RendezvousError(RuntimeError):
+    """Rank 0 could not open the rendezvous port; the message names the port and the node."""
+
+
+def _ephemeral_range() -> str:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+    except (OSError, ValueError):
+        return "32768-60999 by default"
+    return f"{low}-{high} here (/proc/sys/net/ipv4/ip_local_port_range)"
+
+
+def _rendezvous(dist_env: DistEnv) -> Any:
+    """The TCP store every rank meets at, waited for with the patient timeout (start-up skew)."""
+    try:
+        store, _rank, _world = next(dist.rendezvous("env://", rank=dist_env.rank, world_size=dist_env.world_size,
+                                                    timeout=PATIENT_TIMEOUT))
+    except dist.DistNetworkError as exc:
+        if "EADDRINUSE" not in str(exc) and "address already in use" not in str(exc):
+            raise
+        raise RendezvousError(
+            f"rendezvous port {dist_env.master_port} on {dist_env.master_addr} ({socket.gethostname()}) is taken "
+            f"(EADDRINUSE: another process listens on it or holds it for a connection; ephemeral ports are "
+            f"{_ephemeral_range()}); set MASTER_PORT to a free port outside that range and start the job again"
+        ) from exc
+    return store
 
 
 COLLECTIVE_TIMEOUT_ENV = "SCNET_COLLECTIVE_TIMEOUT_S"
@@ -114,8 +161,9 @@ def collective_timeout(env: Mapping[str, str] | None = None) -> datetime.timedel
     return datetime.timedelta(seconds=seconds)
 
 
-def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
-    """Join the process group (nccl on CUDA, gloo on CPU) and the patient gloo group; a no-op for one process."""
+def init_distributed(dist_env: DistEnv, device: torch.device, backend: str | None = None) -> None:
+    """Join the process group (nccl on CUDA, gloo on CPU, or `backend`) and the patient gloo group;
+    a no-op for one process."""
     global _patient_group
     if not dist_env.is_distributed or (dist.is_available() and dist.is_initialized()):
         return
@@ -124,9 +172,14 @@ def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
     # NCCL honours its timeout only with asynchronous error handling: a hung collective then aborts
     # the communicator and the process exits instead of blocking forever.
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", rank=dist_env.rank,
-                            world_size=dist_env.world_size, timeout=collective_timeout())
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    options: dict[str, Any] = {}
+    if backend == "nccl" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        # Binds the group to this rank's GPU: NCCL forms its communicator now (errors show at
+        # start-up) and barriers need not guess the device.
+        options["device_id"] = device
+    dist.init_process_group(backend=backend, store=_rendezvous(dist_env), rank=dist_env.rank,
+                            world_size=dist_env.world_size, timeout=collective_timeout(), **options)
     _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
 
 

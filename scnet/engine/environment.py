@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from scnet.engine.precision import float32_settings
+
 _PACKAGES = ("torch", "torchvision", "numpy", "pycocotools", "pandas", "submitit", "scnet-harness")
 
 
@@ -51,4 +53,16 @@ def collect_environment(*, world_size: int = 1, device: str = "cpu") -> dict[str
     }
     if torch.cuda.is_available():
         env["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        env["nccl"] = nccl_version()
+    # The float32 arithmetic CUDA runs (TF32 or IEEE convolutions and matmuls): scnet.engine.precision.
+    env["float32"] = float32_settings()
     return env
+
+
+def nccl_version() -> str | None:
+    """The NCCL that torch was built with ("2.21.5"), None without one."""
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(str(part) for part in version) if isinstance(version, tuple) else str(version)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from scnet.engine import distributed
+from scnet.engine import distributed, preemption
 from scnet.engine.coco_eval import best_match_ious, detections_to_coco
 from scnet.engine.sampling import ShardSampler
 
@@ -56,7 +56,8 @@ def run_inference(model: nn.Module, dataset: Any, *, collate_fn: Callable, devic
     num_images = len(dataset) if max_images is None else min(max_images, len(dataset))
     sampler = ShardSampler(num_images, batch_size, rank=rank, world_size=world)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+                        pin_memory=device.type == "cuda", worker_init_fn=preemption.ignore_stop_signals,
+                        generator=torch.Generator().manual_seed(0))
     label_to_category_id = list(dataset.label_to_category_id)
     local_images = len(sampler.indices)
     # Leave at least one batch on the clock even for tiny evaluation sets.

@@ -1,5 +1,9 @@
-"""Stop requests: a signal (SLURM's USR2 before a time limit or preemption) asks the training loop
-to save a checkpoint at the iteration it has reached and leave.
+"""Stop requests: a signal asks the training loop to save a checkpoint at the iteration it has
+reached and leave. SLURM sends USR2 (`--signal=USR2@S`) before a time limit, and at a preemption when
+the cluster sets `PreemptParameters=send_user_signal`; otherwise a preemption, a `scancel` and the
+time limit itself send SIGTERM, with SIGKILL `KillWait` (+ `GraceTime`) seconds later. Both stop the
+loop the same way (`STOP_SIGNALS`); what happens next (requeue or not) is the SLURM job's business
+(`experiments.executors.slurm_job`).
 
 The signal handler only sets a flag: saving from inside a handler would interrupt a step halfway,
 and the other ranks, which may not have received the signal, must join the save (their generator
@@ -9,6 +13,11 @@ states are in the checkpoint). The loop reads the flag once per step, OR-ed over
 
 Outside training (data set-up, evaluation) there is nothing better to save than the last
 checkpoint, so a handler installed with `on_idle` calls it at once.
+
+SLURM signals every process of a job step, DataLoader workers included, and forked workers inherit
+the handlers: a worker would request a stop of its own (or, during evaluation, run submitit's
+requeue, once per worker). Workers ignore the stop signals (`ignore_stop_signals`, the loaders'
+`worker_init_fn`); their process tells them when to end.
 """
 from __future__ import annotations
 
@@ -17,9 +26,14 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+# USR2: SLURM's warning before a time limit (and before a preemption with send_user_signal);
+# TERM: a preemption otherwise, scancel, the time limit itself.
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
 _requested = threading.Event()
 _listening = threading.Event()
 _reason: list[str] = []
+_received: set[int] = set()
 
 
 class TrainingInterrupted(Exception):
@@ -47,6 +61,18 @@ def stop_reason() -> str:
 def clear() -> None:
     _requested.clear()
     _reason.clear()
+    _received.clear()
+
+
+def signals_received() -> frozenset[int]:
+    """The stop signals this process has received (whether or not training was listening)."""
+    return frozenset(_received)
+
+
+def ignore_stop_signals(_worker_id: int | None = None) -> None:
+    """For DataLoader workers (`worker_init_fn`): the stop signals are the training process's."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def training_is_listening() -> bool:
@@ -70,6 +96,7 @@ def install_stop_signal(signum: int, on_idle: Callable[[int, Any], Any] | None =
     previous = signal.getsignal(signum)
 
     def handler(number: int, frame: Any) -> None:
+        _received.add(number)
         if training_is_listening() or on_idle is None:
             request_stop(f"signal {signal.Signals(number).name}")
         else:

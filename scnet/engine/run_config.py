@@ -203,6 +203,10 @@ class RunConfig:
     # fp32 unless asked: the paper and MMDetection's configs train in float32. Mixed precision (CUDA only;
     # CPU runs are always fp32) is an opt-in speed-up that changes the numbers, hence part of the run id.
     amp: bool = False
+    # IEEE float32 on CUDA, no TF32 convolutions (scnet.engine.precision). False: PyTorch's defaults, as
+    # MMDetection 3.3.0 runs them. Part of the run id when true; left out of it when false, so the ids of
+    # runs made before the field existed stay as they were.
+    strict_fp32: bool = False
     eval: EvalConfig = field(default_factory=EvalConfig)
     # ImageNet file for the backbone trunk. None: the published file MMDetection uses, from torch's hub
     # cache, at paper scale; random initialisation at smoke scale (scnet.weights.backbone_init).
@@ -222,6 +226,7 @@ class RunConfig:
         _set(self, "seed", fields.integer(self.seed, f"{where} 'seed'", low=0, high=MAX_SEED))
         _set(self, "num_workers", fields.integer(self.num_workers, f"{where} 'num_workers'", low=0))
         _set(self, "amp", fields.boolean(self.amp, f"{where} 'amp'"))
+        _set(self, "strict_fp32", fields.boolean(self.strict_fp32, f"{where} 'strict_fp32'"))
         if not isinstance(self.model_flags, Mapping) or not all(isinstance(k, str) for k in self.model_flags):
             raise ConfigError(f"{where} 'model_flags' must be an object of flag names to values, "
                               f"found {self.model_flags!r}")
@@ -310,6 +315,8 @@ class RunConfig:
         out = self.to_dict()
         for key in _NOT_IDENTITY:
             out.pop(key, None)
+        if not self.strict_fp32:
+            out.pop("strict_fp32")
         for key in _SCHEDULE_NOT_IDENTITY:
             out["schedule"].pop(key, None)
         out.pop("preset")

@@ -25,6 +25,7 @@ from scnet.engine.coco_eval import coco_metrics, write_detections
 from scnet.engine.device import gpu_requested, pick_device
 from scnet.engine.environment import collect_environment
 from scnet.engine.inference import gather_inference, measure_speed, run_inference
+from scnet.engine.precision import apply_float32_mode
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog
 from scnet.engine.seeding import seed_everything
@@ -233,6 +234,7 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
     if finished is not None:
         return finished
     with _process_group(device, gpu_required_because(run_config, training=True)) as chosen:
+        apply_float32_mode(run_config.strict_fp32)
         prepare_data(run_config)
         train_set = build_dataset(run_config, "train", train=True)
         # Every split the run uses is checked now, not after hours of training, and before the run
@@ -362,6 +364,7 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
             except RecordError as exc:
                 _move_aside(run_dir / RESULT_FILE, exc)
     with _process_group(device, gpu_required_because(run_config, training=False)) as chosen:
+        apply_float32_mode(run_config.strict_fp32)
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
         eval_set = build_dataset(run_config, run_config.eval.split, train=False)

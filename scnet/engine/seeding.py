@@ -2,7 +2,11 @@
 
 Every source of randomness a run touches is either a pure function of (seed, epoch, index)
 (data order, augmentation: `derive_seed`) or part of the checkpoint (`capture_rng_state`: Python,
-NumPy, torch CPU and CUDA generators, which the model's samplers use).
+NumPy, torch CPU and this process's CUDA generator, which the model's samplers use).
+
+Only the generator of the device the process trains on is saved, not every visible device's: a
+requeued job may see fewer GPUs (per-task binding gives each task one, as device 0), and its state
+belongs to whatever device the resumed process trains on.
 """
 from __future__ import annotations
 
@@ -38,8 +42,18 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's (pick_device sets it)
     return state
+
+
+def _this_device_cuda_state(saved: Any) -> torch.Tensor | None:
+    """The saved CUDA state for this process's device. Checkpoints written before held a list of
+    every visible device's states, in which this process's own was at its device index."""
+    if torch.is_tensor(saved):
+        return saved
+    states = list(saved)
+    index = torch.cuda.current_device()
+    return states[index] if index < len(states) else None
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -50,7 +64,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
                          npst["has_gauss"], npst["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda_state = _this_device_cuda_state(state["cuda"])
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)
 
 
 @contextlib.contextmanager

@@ -155,6 +155,7 @@ def _make_loader(dataset: Any, *, collate_fn: Callable, run_config: RunConfig, e
     # generator, which the model's samplers use (resume would otherwise shift their stream).
     return DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate_fn,
                       num_workers=run_config.num_workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=preemption.ignore_stop_signals,
                       generator=torch.Generator().manual_seed(derive_seed("loader", run_config.seed, epoch)))
 
 
@@ -210,6 +211,9 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
 
     net: nn.Module = model
     if world > 1:
+        # Set-up (data index, run files, checkpoint) takes each rank its own time: meet under the
+        # patient timeout before DDP's first broadcast, the first collective with the short one.
+        distributed.patient_barrier()
         # find_unused_parameters: a head can sit out an iteration (e.g. no positive samples).
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
