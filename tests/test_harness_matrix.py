@@ -170,12 +170,13 @@ def test_an_output_folder_under_a_file_is_refused_before_anything_runs(option, t
 
 def test_dry_run_plan_prices_each_extra_seed():
     """--seeds N at paper scale: the footer says what one more seed costs (one seed's runs), beside the total."""
+    from experiments.estimate import Throughput
     from experiments.run import ClusterPlan
 
-    plan = ClusterPlan(world=8, gpus=8, resources="8 GPUs", scale="paper", images_per_s_per_gpu=4.0)
+    plan = ClusterPlan(world=8, gpus=8, resources="8 GPUs", scale="paper", throughput=Throughput(assumed=4.0))
     three = build_matrix(["table3"], "paper", Path("/coco"), seeds=3)
     lines = plan.footer(three, three)
     assert lines[0].startswith("total: ~1,466 GPU-h for 9 run(s)")  # 9 runs of ~163 GPU-h
     assert lines[1].startswith("seeds: 3; each extra seed (--seeds 4, ...) adds ~489 GPU-h for 3 run(s)")
-    assert ClusterPlan(world=1, gpus=0, resources="cpu", scale="smoke", images_per_s_per_gpu=4.0).footer(three, []) == []
+    assert ClusterPlan(world=1, gpus=0, resources="cpu", scale="smoke", throughput=Throughput(assumed=4.0)).footer(three, []) == []
 
