@@ -73,6 +73,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temp files `atomic_write` leaves when its process is killed mid-write
+    (`.NAME.XXXXXXXX.tmp`); call it only where no other process can be writing (the run's lock
+    holder at start). Returns what was removed."""
+    removed = []
+    try:
+        candidates = list(Path(folder).glob(".*.tmp"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def _output_error(path: Path, exc: OSError) -> OutputError:
     kept = " (the previous file is unchanged)" if path.exists() else ""
     reason = exc.strerror or str(exc)
