@@ -27,6 +27,7 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import pickle
+import struct
 import sys
 from typing import Any, Callable
 
@@ -151,8 +152,13 @@ def _view(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype 
     """A tensor over existing storage bytes: `set_` checks the bounds, nothing is allocated."""
     storage = _storage(storage)
     dtype = storage.dtype if dtype is None else dtype
-    return torch.empty((0,), dtype=dtype).set_(storage._untyped_storage, _int(offset, "offset"),
-                                               _shape(size, "size"), _shape(stride, "stride"))
+    offset, size, stride = _int(offset, "offset"), _shape(size, "size"), _shape(stride, "stride")
+    if len(size) != len(stride):
+        raise pickle.UnpicklingError("a tensor's size and stride have different lengths")
+    last = offset + sum((n - 1) * step for n, step in zip(size, stride)) if all(size) else -1
+    if (last + 1) * torch._utils._element_size(dtype) > storage._untyped_storage.nbytes():
+        raise pickle.UnpicklingError("a tensor reaches past the end of its storage (out of bounds)")
+    return torch.empty((0,), dtype=dtype).set_(storage._untyped_storage, offset, size, stride)
 
 
 def rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> torch.Tensor:
@@ -441,7 +447,7 @@ class Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes ca
         self._append_target(self.stack[-1]).extend(items)
 
     def load_bytearray8(self) -> None:
-        (length,) = pickle.struct.unpack("<Q", self.read(8))
+        (length,) = struct.unpack("<Q", self.read(8))
         if length > self._remaining():
             raise pickle.UnpicklingError(f"BYTEARRAY8 declares {length} bytes, more than the file holds")
         data = bytearray(self.read(length))
