@@ -3,6 +3,7 @@ file (a dataset's file names, a checkpoint's strings) made safe for a terminal."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -38,3 +39,21 @@ def describe(value: object, width: int = 60) -> str:
     if isinstance(placeholder_of, str):
         return f"an object of {printable(placeholder_of, width)}, which would need code to load (not loaded)"
     return f"a {type(value).__name__}"
+
+
+def path_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an input file, in words (a folder, a dangling symbolic link, a
+    FIFO, absent), or None for a regular file."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.is_symlink():
+        try:
+            target = printable(str(path.readlink()))
+        except OSError:
+            target = "a target"
+        return f"is a symbolic link to {target}, which does not exist"
+    if path.exists():
+        return "is not a regular file (a device, FIFO or socket)"
+    return "does not exist"

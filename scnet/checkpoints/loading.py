@@ -19,7 +19,7 @@ from torch import nn
 from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
 from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
 from scnet.config import ConfigError, ModelConfig
-from scnet.messages import describe, printable
+from scnet.messages import describe, path_problem, printable
 from scnet.records import atomic_write
 
 NATIVE_FORMAT = "scnet-native-1"
@@ -31,24 +31,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the model at hand; the message says why and what to do."""
 
 
-def input_file_problem(path: Path) -> str | None:
-    """Why `path` cannot be read as an input file (a folder, a dangling link, absent), or None."""
-    if path.is_file():
-        return None
-    if path.is_dir():
-        return "is a folder, not a file"
-    if path.is_symlink():
-        return f"is a symbolic link to {printable(str(path.readlink()))}, which does not exist"
-    if path.exists():
-        return "is not a regular file (a device, FIFO or socket)"
-    return "does not exist"
-
-
 def read_checkpoint_file(path: str | Path, what: str = "--checkpoint") -> Any:
     """The file's contents; globals the loader does not rebuild come back as inert placeholders, so
     a crafted file cannot run code (see `torch_file`)."""
     path = Path(path)
-    problem = input_file_problem(path)
+    problem = path_problem(path)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} {problem} (check the {what} path)")
     try:

@@ -51,6 +51,7 @@ from scnet.data.pipeline import DEFAULT_SCALE, Transform, build_transforms, pack
 from scnet.data.schema import check_coco_instances
 from scnet.data.seeding import sample_generator
 from scnet.image_io import ImageError, read_bgr
+from scnet.messages import printable
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if missing:
             raise DatasetError(
                 f"{self.image_dir}: {len(missing)} image file(s) named in {self.ann_file} field "
-                f"'images[].file_name' are missing, e.g. {', '.join(missing[:5])}; add the images or "
+                f"'images[].file_name' are missing, e.g. {', '.join(map(printable, missing[:5]))}; add the images or "
                 "remove their entries from the JSON")
 
     def _resolve_semantic(self, mode: str | None) -> str | None:
@@ -186,7 +187,7 @@ class CocoInstances(torch.utils.data.Dataset):
             missing = _missing_files(stuff_dir, maps)
             if missing:
                 raise DatasetError(f"{stuff_dir}: {len(missing)} semantic map(s) for images of {self.ann_file} "
-                                   f"are missing, e.g. {', '.join(missing[:5])}; add them or remove the folder "
+                                   f"are missing, e.g. {', '.join(map(printable, missing[:5]))}; add them or remove the folder "
                                    "to derive semantic targets from the instance masks")
         return mode
 
@@ -378,4 +379,11 @@ def _boxes_xyxy(annotations: list[dict[str, Any]]) -> np.ndarray:
 def _missing_files(folder: Path, names: list[str]) -> list[str]:
     """Names absent from `folder`, with one directory listing instead of a stat per file."""
     present = set(os.listdir(folder))
-    return [n for n in names if n not in present and not ("/" in n and (folder / n).is_file())]
+    return [n for n in names if n not in present and not ("/" in n and _is_file(folder / n))]
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte: not there
+        return False

@@ -44,12 +44,12 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    from scnet.checkpoints.loading import input_file_problem
+    from scnet.messages import path_problem
     from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
     from scnet.messages import describe
 
     path = Path(path)
-    problem = input_file_problem(path)
+    problem = path_problem(path)
     if problem is not None:
         raise CheckpointError(f"{path}: checkpoint {problem}")
     try:

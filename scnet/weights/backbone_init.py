@@ -70,13 +70,13 @@ def weights_source(run_config: Any) -> WeightsSource | None:
 
 def require_backbone_weights(run_configs: Iterable[Any]) -> None:
     """Refuse, in one message, runs whose backbone file is not on disk (before anything is submitted)."""
-    from scnet.checkpoints.loading import input_file_problem
+    from scnet.messages import path_problem
 
     missing: dict[Path, set[str]] = {}
     explicit: dict[Path, str] = {}
     for config in run_configs:
         source = weights_source(config)
-        problem = None if source is None else input_file_problem(source.path)
+        problem = None if source is None else path_problem(source.path)
         if problem is None:
             continue
         if source.published is None or problem != "does not exist":
@@ -98,9 +98,9 @@ def require_backbone_weights(run_configs: Iterable[Any]) -> None:
 
 def check_file(source: WeightsSource) -> None:
     """The file exists and holds the bytes the run was configured with (published: the name's hash)."""
-    from scnet.checkpoints.loading import input_file_problem
+    from scnet.messages import path_problem
 
-    problem = input_file_problem(source.path)
+    problem = path_problem(source.path)
     if problem is not None and problem != "does not exist":
         raise BackboneWeightsError(f"{source.path}: backbone weights file {problem} (--backbone-weights / "
                                    "run config field 'backbone_weights')")
@@ -127,10 +127,11 @@ def check_file(source: WeightsSource) -> None:
 def read_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The file's tensors by name; `{"state_dict": ...}` wrappers and DDP's `module.` prefix are undone
     (mmengine's loader does the same)."""
-    from scnet.checkpoints.loading import CheckpointError, input_file_problem, tensor_dict
+    from scnet.checkpoints.loading import CheckpointError, tensor_dict
+    from scnet.messages import path_problem
     from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
 
-    problem = input_file_problem(Path(path))
+    problem = path_problem(Path(path))
     if problem is not None:
         raise BackboneWeightsError(f"{path}: backbone weights file {problem} (--backbone-weights / run config "
                                    "field 'backbone_weights')")
