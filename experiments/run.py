@@ -316,9 +316,12 @@ def check_outputs(tables: list[str], runs_dir: Path, out: Path) -> None:
 
 def check_runs_dir(runs_dir: Path) -> None:
     """--runs-dir must be a folder (or not exist yet): also for --status and --dry-run, which only read."""
+    from scnet.messages import path_kind
+
     existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists() or p.is_symlink()), None)
     if existing is not None and not existing.is_dir():
-        where = "is a file" if existing == runs_dir else f"lies under {existing}, which is a file"
+        kind = path_kind(existing)
+        where = f"is {kind}" if existing == runs_dir else f"lies under {existing}, which is {kind}"
         raise UsageError(f"--runs-dir {runs_dir} {where}, not a folder; give a folder for the run directories")
 
 

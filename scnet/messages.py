@@ -41,19 +41,30 @@ def describe(value: object, width: int = 60) -> str:
     return f"a {type(value).__name__}"
 
 
-def path_problem(path: Path) -> str | None:
-    """Why `path` cannot be read as an input file, in words (a folder, a dangling symbolic link, a
-    FIFO, absent), or None for a regular file."""
+def path_kind(path: Path) -> str:
+    """What is at `path`, in words: 'a file', 'a folder', 'a symbolic link to X, which does not
+    exist', 'a device, FIFO or socket', or 'nothing'."""
     if path.is_file():
-        return None
+        return "a file"
     if path.is_dir():
-        return "is a folder, not a file"
+        return "a folder"
     if path.is_symlink():
         try:
             target = printable(str(path.readlink()))
         except OSError:
             target = "a target"
-        return f"is a symbolic link to {target}, which does not exist"
+        return f"a symbolic link to {target}, which does not exist"
     if path.exists():
-        return "is not a regular file (a device, FIFO or socket)"
-    return "does not exist"
+        return "a device, FIFO or socket"
+    return "nothing"
+
+
+def path_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an input file, in words (a folder, a dangling symbolic link, a
+    FIFO, absent), or None for a regular file."""
+    kind = path_kind(path)
+    if kind == "a file":
+        return None
+    if kind == "nothing":
+        return "does not exist"
+    return f"is {kind}, not a file" if kind in ("a folder", "a device, FIFO or socket") else f"is {kind}"

@@ -118,7 +118,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     existing = next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()),
                     Path("."))
     if not existing.is_dir():
-        raise OutputError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
+        from scnet.messages import path_kind
+
+        raise OutputError(f"{what} {path}: {existing} is {path_kind(existing)}, not a folder; choose another path")
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         os.close(fd)
