@@ -32,14 +32,14 @@ from experiments.requirements import check_one_backbone, check_paper_requirement
 from experiments.runspec import (SCALES, RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root,
                                  resolve_tables)
 from experiments.status import RunStatus, State, failure_report, run_statuses
-from scnet.engine.cli_args import one_line
+from scnet.engine.cli_args import ArgumentParser, one_line
 from scnet.records import OutputError
 
 EXIT_USAGE = 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # mistakes are one `error:` line
         prog="python -m experiments.run", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:8]))
     parser.add_argument("tables", nargs="+", metavar="NAME",
