@@ -17,7 +17,6 @@ from PIL import Image
 from experiments.run import main as harness_main
 from scnet import build_model
 from scnet.checkpoints import save_checkpoint as save_model_checkpoint
-from scnet.data import ensure_synthetic
 from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
 from scnet.engine.run_lock import INHERITED_LOCK_ENV, RunLock
 from scnet.evaluate import main as evaluate_main
@@ -25,40 +24,19 @@ from scnet.predict import main as predict_main
 from scnet.records import read_result
 from scnet.train import main as train_main
 
-SIZE = (128, 96)
+from tests.test_run_dir_safety import SIZE, _eval_args as eval_args, _train_args  # noqa: F401
+from tests.test_run_dir_safety import data, finished, one_thread  # noqa: F401 (fixtures: the same smoke run)
+
 PRESET = "mask_rcnn_r18_smoke"
 ORACLE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "oracle" / "train" / "coffee"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return ensure_synthetic(tmp_path_factory.mktemp("data") / "shapes", seed=1, train=2, val=1, size=SIZE)
-
-
 def train_args(data: Path, out: Path, *extra: str, device: str | None = "cpu") -> list[str]:
-    return ["--preset", PRESET, "--data", str(data), "--out", str(out), "--image-scale", *map(str, SIZE),
-            "--max-iters", "2", "--batch-size", "2", "--checkpoint-every", "1", "--workers", "0", "--no-progress",
-            *(["--device", device] if device else []), *extra]
-
-
-def eval_args(data: Path, checkpoint: Path, out: Path) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--preset", PRESET, "--data", str(data), "--image-scale",
-            *map(str, SIZE), "--workers", "0", "--out", str(out), "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def finished(data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    assert train_main(train_args(data, run_dir)) == 0
-    return run_dir
+    args = _train_args(data, out, *extra)
+    if device is None:  # no --device: the run chooses (and may require a GPU)
+        at = args.index("--device")
+        del args[at:at + 2]
+    return args
 
 
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:
