@@ -96,7 +96,8 @@ def test_non_finite_weights_are_named_not_blamed_on_the_learning_rate(data, fini
 
 
 def test_a_class_count_beyond_the_bound_is_refused_before_the_model_is_built(tmp_path, capsys):
-    """A classifier of 10**6 rows made from one float (stride 0) once sized a multi-GB model."""
+    """The class count read from a file's classifier (or given) sizes the model: bounded, and refused
+    before anything is allocated. A stride-0 view (10**6 rows from one float) is refused outright."""
     state = build_model(PRESET).state_dict()
     state["roi_heads.box_heads.0.classifier.weight"] = torch.zeros(1).expand(10 ** 6 + 1, 256)
     path = tmp_path / "huge.pth"
@@ -104,6 +105,10 @@ def test_a_class_count_beyond_the_bound_is_refused_before_the_model_is_built(tmp
     image = tmp_path / "photo.png"
     Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(image)
     args = ["--preset", PRESET, "--checkpoint", str(path), "--image", str(image), "--out", str(tmp_path / "d.json")]
+    assert predict_main(args) == 2
+    assert "more elements than its data in the file" in one_line(capsys)
+    state["roi_heads.box_heads.0.classifier.weight"] = torch.zeros(10 ** 6 + 1, 1)
+    torch.save(state, path)
     assert predict_main(args) == 2
     assert "num_classes=1000000 is above 10,000" in one_line(capsys)
     assert predict_main(args + ["--num-classes", "100000000"]) == 2

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import math
 import pickle
 import struct
 import sys
@@ -156,8 +157,12 @@ def _view(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype 
     if len(size) != len(stride):
         raise pickle.UnpicklingError("a tensor's size and stride have different lengths")
     last = offset + sum((n - 1) * step for n, step in zip(size, stride)) if all(size) else -1
-    if (last + 1) * torch._utils._element_size(dtype) > storage._untyped_storage.nbytes():
+    element_size, nbytes = torch._utils._element_size(dtype), storage._untyped_storage.nbytes()
+    if (last + 1) * element_size > nbytes:
         raise pickle.UnpicklingError("a tensor reaches past the end of its storage (out of bounds)")
+    if math.prod(size) * element_size > nbytes:  # what any copy of it would allocate
+        raise pickle.UnpicklingError("a tensor has more elements than its data in the file (an overlapping or "
+                                     "stride-0 view), which checkpoints never hold")
     return torch.empty((0,), dtype=dtype).set_(storage._untyped_storage, offset, size, stride)
 
 
