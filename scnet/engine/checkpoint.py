@@ -64,10 +64,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                               f"version {CHECKPOINT_VERSION}")
     for name, kind in REQUIRED_FIELDS.items():
         value = state.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            what = "is missing" if name not in state else f"is {describe(value)}"
-            raise CheckpointError(f"{path}: field '{name}' {what}; the checkpoint is damaged or was not written "
-                                  "by this trainer; delete it to start the run afresh")
+        if name in state and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise CheckpointError(f"{path}: field '{name}' is {describe(value)}; the checkpoint is damaged or was "
+                                  "not written by this trainer; delete it to start the run afresh")
+    return state
+
+
+def require_fields(state: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """`state` if it holds every field training and evaluation use (`load_checkpoint` checked their
+    types), else one CheckpointError naming the first one missing."""
+    missing = [name for name in REQUIRED_FIELDS if name not in state]
+    if missing:
+        raise CheckpointError(f"{path}: field '{missing[0]}' is missing; the checkpoint is damaged or was not "
+                              "written by this trainer; delete it to start the run afresh")
     if not 0 <= state["iteration"] <= state["total_iters"] or state["iters_per_epoch"] < 1:
         raise CheckpointError(f"{path}: fields 'iteration' / 'total_iters' / 'iters_per_epoch' are inconsistent; "
                               "delete it to start the run afresh")

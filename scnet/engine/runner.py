@@ -21,7 +21,7 @@ from torch import nn
 from scnet.engine import distributed
 from scnet.config import ConfigError
 from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
-                                     remove_stale_temporaries, unusable_field)
+                                     remove_stale_temporaries, require_fields, unusable_field)
 from scnet.checkpoints.loading import check_shapes_fit, load_weights_into, read_weights, tensor_dict
 from scnet.engine.coco_eval import coco_metrics, write_detections
 from scnet.engine.device import gpu_requested, pick_device
@@ -353,7 +353,7 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
         _check_evaluation_out(run_config, run_dir)
         run_state = None
     else:
-        run_state = load_checkpoint(last_checkpoint_path(run_dir))
+        run_state = require_fields(load_checkpoint(last_checkpoint_path(run_dir)), last_checkpoint_path(run_dir))
         _check_training_finished(run_state, run_dir)
         if (run_dir / RESULT_FILE).exists() and distributed.detect_dist_env().rank == 0:
             try:
@@ -372,6 +372,8 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
                 state = load_checkpoint(source)
             except CheckpointError:
                 weights = read_weights(source)
+            else:
+                require_fields(state, source)
         tensors = weights.state if weights is not None else tensor_dict(state["model"], "model")
         check_shapes_fit(run_model_config(run_config, eval_set), tensors, source,
                          weights.preset if weights is not None else None, run_config.preset)

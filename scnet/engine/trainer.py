@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from scnet.engine import distributed, preemption
 from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
-                                     save_checkpoint, unusable_field)
+                                     require_fields, save_checkpoint, unusable_field)
 from scnet.engine.lr_schedule import learning_rate, set_learning_rate
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog, read_metrics
@@ -187,7 +187,7 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
     start_iter, train_s, rng_states, windows = 0, 0.0, None, None
     checkpoint_path = last_checkpoint_path(run_dir)
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+        state = require_fields(load_checkpoint(checkpoint_path), checkpoint_path)
         if state["iters_per_epoch"] != per_epoch or state["total_iters"] != total:
             raise CheckpointError(
                 f"{checkpoint_path}: saved with {state['iters_per_epoch']} iterations per epoch and "
