@@ -230,8 +230,12 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise RecordError(f"{path}: file not found") from exc
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        from scnet.messages import path_kind
+
+        kind = path_kind(path)
+        raise RecordError(f"{path}: file not found" if kind == "nothing" else f"{path}: is {kind}, not a "
+                          "file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordError(f"{path}: cannot be read: {exc}") from exc
     try:

@@ -51,7 +51,7 @@ from scnet.data.pipeline import DEFAULT_SCALE, Transform, build_transforms, pack
 from scnet.data.schema import check_coco_instances
 from scnet.data.seeding import sample_generator
 from scnet.image_io import ImageError, read_bgr
-from scnet.messages import printable
+from scnet.messages import path_kind, printable
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,9 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def _check_image_files(self) -> None:
         if not self.image_dir.is_dir():
-            raise DatasetError(f"{self.image_dir}: image folder not found (needed by {self.ann_file}); "
+            kind = path_kind(self.image_dir)
+            raise DatasetError(f"{self.image_dir}: image folder {'not found' if kind == 'nothing' else 'is ' + kind} "
+                               f"(needed by {self.ann_file}); "
                                f"put the {self.split}2017 images there")
         names = [self.coco.imgs[i]["file_name"] for i in self.image_ids]
         missing = _missing_files(self.image_dir, names)
@@ -334,7 +336,9 @@ def _load_coco(path: Path, *, clean: bool) -> tuple[COCO, int]:
     """The checked annotation file as a pycocotools index, with polygons cleaned when `clean` (see
     `usable_ground_truth`), and how many annotations the cleaning removed."""
     if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found; expected the layout "
+        kind = path_kind(path)
+        raise DatasetError(f"{path}: annotation file {'not found' if kind == 'nothing' else 'is ' + kind}; "
+                           "expected the layout "
                            "root/annotations/instances_<split>2017.json (make a synthetic one with "
                            "`python -m scnet.data.synthetic --out ROOT`)")
     try:
