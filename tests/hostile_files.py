@@ -98,5 +98,6 @@ def numpy_object_array() -> bytes:
     array_state = tuple_(int_(1), tuple_(int_(1)), dtype + dtype_state + b"b", b"\x89",
                          call(global_("_codecs", "encode"), text("\x41" * 8), text("latin1")))
     object_state = tuple_(int_(3), text("|"), b"N", b"N", b"N", int_(-1), int_(-1), int_(63))
-    # the array (built), then the shared dtype re-stated as an object dtype; the tuple keeps the array
-    return state_dict_of(tuple_(array + array_state + b"b", b"h\x01" + object_state + b"b") + b"\x85")
+    # the array (built) as the state dict's tensor, then the shared dtype re-stated as an object dtype
+    return program(dict_((text("state_dict"), dict_((text("rpn_head.rpn_conv.weight"), array + array_state + b"b"))),
+                         (text("meta"), b"h\x01" + object_state + b"b")))

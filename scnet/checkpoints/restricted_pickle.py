@@ -370,7 +370,8 @@ class Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes ca
 
     def _new(self, cls: Any, args: Any, kwargs: Any = None) -> Any:
         if not (isinstance(cls, type) and issubclass(cls, Placeholder)):
-            raise _refuse(f"the file creates an object of a {type(cls).__name__}")
+            what = f"torch.{cls.cls.__name__}" if isinstance(cls, TypeToken) else f"a {type(cls).__name__}"
+            raise _refuse(f"the file creates an object of {what} directly (NEWOBJ)")
         return self._call(cls, args, kwargs)
 
     def load_newobj(self) -> None:
