@@ -93,6 +93,7 @@ def test_non_finite_weights_are_named_not_blamed_on_the_learning_rate(data, fini
     assert train_main(train_args(data, run)) == 2
     err = one_line(capsys)
     assert "'rpn.conv.weight'" in err and "NaN or infinite" in err and "learning rate" not in err
+    assert str(last_checkpoint_path(run)) in err
 
 
 def test_a_class_count_beyond_the_bound_is_refused_before_the_model_is_built(tmp_path, capsys):

@@ -114,4 +114,4 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | 
         check_state_fits(model, tensor_dict(state["model"], "model"), path, guess=saved_preset,
                          preset_name=preset_name)
     except WeightsError as exc:
-        raise CheckpointError(str(exc)) from None
+        raise CheckpointError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
