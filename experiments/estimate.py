@@ -68,8 +68,8 @@ def read_throughput(value: str) -> Throughput:
     except ValueError:
         number = None
     if number is not None:
-        if not number > 0:
-            raise UsageError(f"--images-per-s-per-gpu {value}: need a positive number")
+        if not (math.isfinite(number) and number > 0):
+            raise UsageError(f"--images-per-s-per-gpu {value}: need a positive finite number")
         return Throughput(assumed=number)
     path = Path(value)
     try:
@@ -78,7 +78,7 @@ def read_throughput(value: str) -> Throughput:
         raise UsageError(f"--images-per-s-per-gpu {value}: neither a number nor a readable gpu_check JSON file "
                          f"({exc}); give images/s, or the file benchmarks/gpu_check.py wrote") from None
     measured = record.get("images_per_s_per_gpu") if isinstance(record, dict) else None
-    if record.get("quick") or not isinstance(measured, dict) or not measured:
+    if not isinstance(measured, dict) or not measured or record.get("quick"):
         raise UsageError(f"--images-per-s-per-gpu {value}: no GPU training figures in it (a --quick or CPU run, or "
                          "every training row failed); run python benchmarks/gpu_check.py on a GPU")
     return Throughput(measured=measured, source=f"{path.name} ({record.get('device')}, {record.get('date')})")

@@ -224,6 +224,7 @@ def profile_from_dict(raw: dict[str, Any], source: str) -> SlurmProfile:
         types, expected = _KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise ProfileError(f"profile {source}: {key!r} must be {expected}, found {value!r}")
+        _check_characters(key, value, source)
     values: dict[str, Any] = {"source": source}
     for key in ("partition", "account", "qos", "constraint", "python"):
         if raw.get(key):  # an empty string means "cluster default"
@@ -250,6 +251,19 @@ def profile_from_dict(raw: dict[str, Any], source: str) -> SlurmProfile:
     if "sbatch" in raw:
         values["sbatch"] = _sbatch_options(raw["sbatch"], source)
     return SlurmProfile(**values)
+
+
+def _check_characters(key: str, value: Any, source: str) -> None:
+    """No NUL byte anywhere (no command line or script can carry one), and no control characters in
+    values that become sbatch options (a newline would start another #SBATCH line); shell lines of
+    `setup` may hold tabs."""
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else \
+        [*value, *value.values()] if isinstance(value, dict) else []
+    for text in (t for t in texts if isinstance(t, str)):
+        bad = "\0" in text or (key != "setup" and any(ord(c) < 32 or ord(c) == 127 for c in text))
+        if bad:
+            raise ProfileError(f"profile {source}: {key!r} holds a NUL byte or a control character "
+                               f"({text!r:.80}); remove it")
 
 
 _GPU_KEYS = ("gpus_per_node", "gres", "gpus_per_task", "gpus")

@@ -13,6 +13,7 @@ and a changed config is a new run. Usage errors exit with status 2 and one messa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -31,12 +32,14 @@ from experiments.requirements import check_one_backbone, check_paper_requirement
 from experiments.runspec import (SCALES, RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root,
                                  resolve_tables)
 from experiments.status import RunStatus, State, failure_report, run_statuses
+from scnet.engine.cli_args import ArgumentParser, one_line
+from scnet.records import OutputError
 
 EXIT_USAGE = 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # mistakes are one `error:` line
         prog="python -m experiments.run", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:8]))
     parser.add_argument("tables", nargs="+", metavar="NAME",
@@ -318,6 +321,28 @@ def check_outputs(tables: list[str], runs_dir: Path, out: Path) -> None:
             raise UsageError(str(exc)) from None
 
 
+def check_runs_dir(runs_dir: Path) -> None:
+    """--runs-dir must be a folder (or not exist yet): also for --status and --dry-run, which only read."""
+    from scnet.messages import path_kind
+
+    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        kind = path_kind(existing)
+        where = f"is {kind}" if existing == runs_dir else f"lies under {existing}, which is {kind}"
+        raise UsageError(f"--runs-dir {runs_dir} {where}, not a folder; give a folder for the run directories")
+
+
+def check_gpus_here(executor_name: str) -> None:
+    """Paper-scale runs on this machine need its GPUs: checked once, before any run folder is
+    written or any run started (each would otherwise fail the same way)."""
+    from scnet.engine.device import DeviceUnavailable, check_device_usable
+
+    try:
+        check_device_usable(None, gpu_required_because=f"paper-scale training with --executor {executor_name}")
+    except DeviceUnavailable as exc:
+        raise UsageError(f"--scale paper --executor {executor_name}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     tables = resolve_tables(args.tables)
     executor_name = args.executor or ("slurm" if args.profile else "local")
@@ -337,13 +362,22 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--gpus-per-run {args.gpus_per_run}: " + ("need 0 or more" if args.gpus_per_run < 0 else
                          f"for the local executor only (on SLURM the profile says how many GPUs)"))
     throughput = read_throughput(args.images_per_s_per_gpu)
+    check_runs_dir(Path(args.runs_dir))
+    if executor_name in ("local", "inline") and args.scale == "paper" and not inspecting:
+        check_gpus_here(executor_name)
     profile = load_profile(args.profile) if args.profile else None
     data_root = resolve_data_root(args.scale, args.data)
     overrides = parse_overrides(args.set)
     if args.amp:
         overrides.setdefault("amp", True)
     if args.backbone_weights:
-        overrides.setdefault("backbone_weights", str(Path(args.backbone_weights).expanduser().resolve()))
+        from scnet.messages import path_problem
+
+        weights_path = Path(args.backbone_weights).expanduser().resolve()
+        problem = path_problem(weights_path)
+        if problem is not None:  # named here, not as a --set error of the run config it would go into
+            raise UsageError(f"--backbone-weights {weights_path} {problem}")
+        overrides.setdefault("backbone_weights", str(weights_path))
     matrix = build_matrix(tables, args.scale, data_root, args.seeds, overrides)
     if args.backbone_weights:
         check_one_backbone(matrix, args.backbone_weights)
@@ -418,8 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UsageError, OutputError) as exc:  # OutputError: a runs folder that cannot be written or locked
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume (finished runs are kept)", file=sys.stderr)

@@ -8,8 +8,11 @@ the same run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from scnet.messages import describe
 
 SAMPLE_CONSISTENCY = ("none", "naive", "effective")
 MASK_FLOWS = ("cascade", "htc")
@@ -165,15 +168,15 @@ def _normalise_types(cfg: ModelConfig) -> None:
         else:
             ok = True
         if not ok:
-            raise ConfigError(f"{f.name}={value!r} must be of type {kind.__name__} "
+            raise ConfigError(f"{f.name}={describe(value)} must be of type {kind.__name__} "
                               f"(for example {f.name}={f.default!r})")
 
 
-def _float_tuple(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_float_tuple(v) for v in value)
+def _float_tuple(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, (list, tuple)) and depth < 2:
+        return tuple(_float_tuple(v, depth + 1) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{value!r} is not a number")
+        raise ConfigError(f"{describe(value)} is not a number")
     return float(value)
 
 
@@ -190,6 +193,13 @@ def validate(cfg: ModelConfig) -> None:
                       ("bbox_target_stds", cfg.bbox_target_stds)):
         if len(seq) != cfg.stages:
             raise ConfigError(f"{name} has {len(seq)} entries but stages={cfg.stages}")
+    for name in ("stage_iou_thresholds", "stage_loss_weights"):
+        if any(isinstance(v, tuple) for v in getattr(cfg, name)):
+            raise ConfigError(f"{name} must be a list of {cfg.stages} numbers, one per stage")
+    for stds in cfg.bbox_target_stds:
+        if not isinstance(stds, tuple) or len(stds) != 4 or not all(0 < v < 100 for v in stds):
+            raise ConfigError(f"bbox_target_stds must hold {cfg.stages} lists of 4 positive numbers (x, y, w, h "
+                              "deltas' standard deviations), e.g. [[0.1, 0.1, 0.2, 0.2], ...]")
     if cfg.mask_flow not in MASK_FLOWS:
         raise ConfigError(f"mask_flow={cfg.mask_flow!r} is not one of {MASK_FLOWS}")
     if cfg.sample_consistency not in SAMPLE_CONSISTENCY:
@@ -227,6 +237,15 @@ _POSITIVE_COUNTS = ("fpn_channels", "rpn_train_pre_nms", "rpn_train_post_nms", "
                     "mask_channels")
 
 
+# Upper bounds: sizes far beyond any published detector, so a typo (or a file) cannot make the
+# model allocate gigabytes before anything else is checked.
+_LARGEST = {"num_classes": 10_000, "num_semantic_classes": 10_000, "fpn_channels": 4096, "roi_fc_channels": 8192,
+            "mask_channels": 4096, "mask_convs": 64, "semantic_convs": 64, "glbctx_convs": 64,
+            "rpn_train_pre_nms": 100_000, "rpn_train_post_nms": 100_000, "rpn_test_pre_nms": 100_000,
+            "rpn_test_post_nms": 100_000, "rcnn_samples_per_image": 100_000, "test_max_per_image": 10_000,
+            "frozen_stages": 4, "rpn_allowed_border": 100_000}
+
+
 def _validate_ranges(cfg: ModelConfig) -> None:
     """Values outside their meaning (a score threshold of 1.5, a negative loss weight) are refused."""
     for name in _UNIT_INTERVAL:
@@ -236,6 +255,15 @@ def _validate_ranges(cfg: ModelConfig) -> None:
     for name in _POSITIVE_COUNTS:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
+    for name, largest in _LARGEST.items():
+        if getattr(cfg, name) > largest:
+            raise ConfigError(f"{name}={getattr(cfg, name)} is above {largest:,}, far beyond any detector of this "
+                              "family; the network would not fit in memory")
+    for name in ("glbctx_weight", "semantic_weight"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be a finite number")
+    if not all(math.isfinite(v) for v in cfg.stage_loss_weights):
+        raise ConfigError(f"stage_loss_weights={cfg.stage_loss_weights} must be finite numbers")
     if not all(0.0 <= v <= 1.0 for v in cfg.stage_iou_thresholds):
         raise ConfigError(f"stage_iou_thresholds={cfg.stage_iou_thresholds}: each must be in [0, 1]")
     if any(v < 0 for v in cfg.stage_loss_weights) or cfg.semantic_weight < 0:

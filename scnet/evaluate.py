@@ -16,12 +16,13 @@ from pathlib import Path
 
 from scnet.config import ConfigError
 from scnet.cpu_memory import keep_freed_memory
-from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags, report_user_error, user_errors
+from scnet.engine.cli_args import (ArgumentParser, add_model_arguments, default_scale, model_flags,
+                                   report_user_error, user_errors)
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scnet.evaluate", description=__doc__,
+    parser = ArgumentParser(prog="python -m scnet.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a run directory (with config.json and checkpoints/last.pth)")
     parser.add_argument("--checkpoint", type=Path, help="weights: a training checkpoint or a state dict")
@@ -60,18 +61,24 @@ def main(argv: list[str] | None = None) -> int:
 
             # The head's classes as training on this data gives them, never the evaluated split's maps.
             run_config = with_semantic_classes(run_config)
-    except (ConfigError, ValueError) as exc:
-        parser.error(str(exc))
+    except (*user_errors(), ValueError) as exc:
+        parser.error(str(exc))  # one line, exit 2 (before any work)
+    from scnet.engine import distributed
+    from scnet.engine.run_lock import hold_run_lock
     from scnet.engine.runner import evaluate_run
     from scnet.records import check_writable_dir
 
     try:
         check_writable_dir(run_dir, "--run" if args.run is not None else "--out")
-        result = evaluate_run(run_dir, run_config=run_config, checkpoint=args.checkpoint,
-                              progress=not args.no_progress, device=args.device)
+        with hold_run_lock(run_dir, rank=distributed.detect_dist_env().rank):
+            result = evaluate_run(run_dir, run_config=run_config, checkpoint=args.checkpoint,
+                                  progress=not args.no_progress, device=args.device)
     except user_errors() as exc:
         return report_user_error(exc)
-    from scnet.engine import distributed
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing was marked done in {run_dir}; run the same command again to evaluate",
+              file=sys.stderr)
+        return 130
 
     if distributed.detect_dist_env().rank == 0:
         print(json.dumps({"run_dir": str(run_dir), "metrics": result["metrics"], "speed": result["speed"]},

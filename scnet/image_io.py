@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from scnet.messages import path_problem
+
 # PIL's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): ~13 400 x 13 400, far above any
 # detection image, far below the ~0.5 GB the uint8 decode of such an image takes.
 MAX_IMAGE_PIXELS = 178_956_970
@@ -52,8 +54,9 @@ def header_size(path: Path, data: bytes) -> tuple[int, int] | None:
 def read_bgr(path: str | Path) -> np.ndarray:
     """The image as uint8 `[H, W, 3]` BGR, decoded by `cv2.imdecode(..., IMREAD_COLOR)` like MMDetection."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: image file does not exist (check the path)")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageError(f"{path}: image file {problem} (check the path)")
     try:
         data = path.read_bytes()
     except OSError as exc:

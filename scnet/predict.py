@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from scnet.checkpoints.loading import FORMATS, Weights, infer_class_counts, load_weights_into, read_weights
+from scnet.checkpoints.loading import FORMATS, Weights, build_for_weights, infer_class_counts, read_weights
 from scnet.coco_ids import COCO_CATEGORY_IDS
 from scnet.config import ConfigError, ModelConfig
 from scnet.cpu_memory import keep_freed_memory
 from scnet.data.pipeline import test_input
-from scnet.engine.cli_args import device_arg, report_user_error, user_errors
+from scnet.engine.cli_args import ArgumentParser, device_arg, report_user_error, user_errors
 from scnet.image_io import read_bgr
 from scnet.presets import resolve_config
-from scnet.records import check_writable_dir, write_json_atomic
+from scnet.records import check_new_output_file, write_json_atomic
 
 
 def detections_to_coco(detections: dict, image_id: int | str, category_ids: tuple[int, ...] | None) -> list[dict]:
@@ -61,7 +61,7 @@ def _unit_interval(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m scnet.predict", description=__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="python -m scnet.predict", description=__doc__.splitlines()[0],
                                      epilog="\n".join(__doc__.splitlines()[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="e.g. scnet_r50, htc_r50, cascade_mask_rcnn_r50 (required for "
@@ -69,7 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="MMDetection checkpoint or one of ours")
     parser.add_argument("--checkpoint-format", default="auto", choices=FORMATS)
     parser.add_argument("--image", required=True)
-    parser.add_argument("--out", required=True, help="output JSON (COCO results format)")
+    parser.add_argument("--out", required=True, help="output JSON (COCO results format); a new file, never in "
+                        "a run directory")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--score-thr", type=_unit_interval, default=0.001, help="keep detections scoring at "
                         "least this, in [0, 1] (default 0.001)")
     parser.add_argument("--num-classes", type=int, help="object classes (default: from the checkpoint)")
@@ -114,16 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # large tensors reuse memory instead of page-faulting (scnet.cpu_memory)
     out = Path(args.out)
     try:
-        if out.is_dir():
-            raise ConfigError(f"--out {out}: is a folder; give the path of the JSON file to write")
-        check_writable_dir(out.parent, "--out")  # before the work, not after it
+        check_new_output_file(out, "--out", force=args.force)  # before the work, not after it
         image = read_bgr(args.image)
         weights = read_weights(args.checkpoint, format=args.checkpoint_format)
         cfg = model_config_for(weights, args)
-        from scnet.models.detector import Detector
-
-        model = Detector(cfg)
-        load_weights_into(model, weights, preset_name=args.preset)
+        model = build_for_weights(cfg, weights, preset_name=args.preset)  # shapes compared before allocating
         del weights
     except user_errors() as exc:
         return report_user_error(exc)
@@ -136,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     category_ids = COCO_CATEGORY_IDS if cfg.num_classes == 80 else None
     records = detections_to_coco(detections, Path(args.image).stem, category_ids)
     try:
-        write_json_atomic(out, records)
+        write_json_atomic(out, records, overwrite=args.force)
     except user_errors() as exc:
         return report_user_error(exc)
     print(f"{len(records)} detections in {elapsed:.2f} s -> {out}")

@@ -47,10 +47,11 @@ class OutputError(OSError):
 
 # --------------------------------------------------------------------------------------------- files
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = True) -> Path:
     """Call `write(handle)` on a temp file beside `path`, fsync, then os.replace it into place, so a
     reader (or a run killed mid-write) never sees half a file. A failed write (disk full, read-only
-    folder) removes the temp file, leaves any previous `path` as it was, and raises OutputError."""
+    folder) removes the temp file, leaves any previous `path` as it was, and raises OutputError.
+    With `overwrite=False` the file is linked into place only if `path` does not exist by then."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if a file appeared meanwhile: never replace it
+            except FileExistsError:
+                raise OutputError(f"{path}: a file of that name appeared while this one was being made; it "
+                                  "was left as it is (choose another path, or remove it and run again)") from None
+            os.unlink(tmp)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -71,6 +80,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             raise _output_error(path, exc) from exc
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temp files `atomic_write` leaves when its process is killed mid-write
+    (`.NAME.XXXXXXXX.tmp`); call it only where no other process can be writing (the run's lock
+    holder at start). Returns what was removed."""
+    removed = []
+    try:
+        candidates = list(Path(folder).glob(".*.tmp"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
@@ -90,7 +118,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     existing = next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()),
                     Path("."))
     if not existing.is_dir():
-        raise OutputError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
+        from scnet.messages import path_kind
+
+        raise OutputError(f"{what} {path}: {existing} is {path_kind(existing)}, not a folder; choose another path")
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         os.close(fd)
@@ -98,6 +128,42 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     except OSError as exc:
         raise OutputError(f"{what} {path}: {existing} is not a writable folder ({exc.strerror or exc}); "
                           "choose a folder you can write to", exc.errno) from exc
+    return path
+
+
+# What marks a folder as a run directory (of scnet.train, scnet.evaluate or experiments.run).
+RUN_DIR_MARKERS = (CONFIG_FILE, RESULT_FILE, "checkpoints", "run.lock", "metrics.jsonl")
+
+
+def is_inside(path: str | os.PathLike | None, folder: str | os.PathLike) -> bool:
+    """Whether `path` (e.g. an OSError's filename) lies in `folder`."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+    except (OSError, ValueError):
+        return False
+
+
+def is_run_dir(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return any((folder / marker).exists() or (folder / marker).is_symlink() for marker in RUN_DIR_MARKERS)
+
+
+def check_new_output_file(path: str | os.PathLike, what: str, *, force: bool = False) -> Path:
+    """Refuse, before any work, an output file that would overwrite one (unless `force`), that is a
+    folder, whose folder is a run directory (its records are the run's own), or that cannot be
+    written. `what` names the option (e.g. "--out")."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a folder; give the path of the file to write")
+    folder = path.parent.resolve() if path.parent.exists() else path.parent
+    if is_run_dir(folder):
+        raise OutputError(f"{what} {path}: {folder} is a run directory, whose files belong to the run; write "
+                          "elsewhere")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise OutputError(f"{what} {path}: the file exists; give another path, or --force to replace it")
+    check_writable_dir(path.parent, what)
     return path
 
 
@@ -127,8 +193,8 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), overwrite=overwrite)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -136,13 +202,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(Path(path), text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, overwrite: bool = True) -> Path:
     """Write `obj` as indented JSON; NaN/inf are refused (they are not JSON and break other readers)."""
     try:
         text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise RecordError(f"{path}: cannot be written as JSON: {exc}") from exc
-    return write_bytes_atomic(Path(path), (text + "\n").encode("utf-8"))
+    return write_bytes_atomic(Path(path), (text + "\n").encode("utf-8"), overwrite=overwrite)
 
 
 def _json_default(value: Any) -> Any:
@@ -164,8 +230,12 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise RecordError(f"{path}: file not found") from exc
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        from scnet.messages import path_kind
+
+        kind = path_kind(path)
+        raise RecordError(f"{path}: file not found" if kind == "nothing" else f"{path}: is {kind}, not a "
+                          "file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordError(f"{path}: cannot be read: {exc}") from exc
     try:

@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 from scnet.config import ConfigError
-from scnet.engine.cli_args import add_model_arguments, default_scale, model_flags, report_user_error, user_errors
+from scnet.engine.cli_args import (ArgumentParser, add_model_arguments, default_scale, model_flags,
+                                   report_user_error, user_errors)
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale, default_schedule
+from scnet.records import OutputError, is_inside
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scnet.train", description=__doc__,
+    parser = ArgumentParser(prog="python -m scnet.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="a run's config.json; the other run options are then ignored")
     parser.add_argument("--out", type=Path, help="run directory (default with --config: the config's folder)")
@@ -82,6 +84,13 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from scnet.engine import distributed
+    from scnet.engine.checkpoint import last_checkpoint_path
+    from scnet.engine.device import check_device_usable
+    from scnet.engine.run_lock import hold_run_lock
+    from scnet.engine.runner import gpu_required_because, run_training
+    from scnet.records import check_writable_dir
+
     try:
         if args.config is not None:
             from scnet.records import read_json
@@ -96,22 +105,28 @@ def main(argv: list[str] | None = None) -> int:
             if args.out is None:
                 raise ConfigError("--out RUN_DIR is required with --preset/--data")
             run_dir = args.out
-    except (ConfigError, ValueError) as exc:
-        parser.error(str(exc))
-    from scnet.engine.checkpoint import last_checkpoint_path
-
-    if args.resume and not last_checkpoint_path(run_dir).exists() and not (run_dir / "result.json").exists():
-        parser.error(f"--resume: {last_checkpoint_path(run_dir)} does not exist; nothing to resume")
-    from scnet.engine.runner import run_training
-    from scnet.records import check_writable_dir
-
+        if args.resume and not last_checkpoint_path(run_dir).exists() and not (run_dir / "result.json").exists():
+            raise ConfigError(f"--resume: {last_checkpoint_path(run_dir)} does not exist; nothing to resume")
+    except (*user_errors(), ValueError) as exc:
+        parser.error(str(exc))  # one line, exit 2 (before any work)
     try:
         check_writable_dir(run_dir, "--out")  # before any training, not when the first checkpoint is due
-        result = run_training(run_config, run_dir, progress=not args.no_progress, device=args.device)
+        check_device_usable(args.device, gpu_required_because=gpu_required_because(run_config, training=True))
+        with hold_run_lock(run_dir, rank=distributed.detect_dist_env().rank):
+            result = run_training(run_config, run_dir, progress=not args.no_progress, device=args.device)
     except user_errors() as exc:
         return report_user_error(exc)
-    from scnet.engine import distributed
-
+    except KeyboardInterrupt:
+        checkpoint = last_checkpoint_path(run_dir)
+        where = f"from its last checkpoint {checkpoint}" if checkpoint.exists() else "(no checkpoint yet: from the start)"
+        print(f"\ninterrupted: run the same command again to resume {run_dir} {where}", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if not is_inside(exc.filename, run_dir):
+            raise
+        return report_user_error(OutputError(f"{exc.filename}: could not be written ({exc.strerror or exc}); "
+                                             f"make {run_dir} writable again, then run the same command: the "
+                                             "run resumes from its last checkpoint"))
     if distributed.detect_dist_env().rank == 0:
         summary = {"run_dir": str(run_dir), "run_id": result.get("run_id"), "metrics": result["metrics"],
                    "images_per_s": result["speed"]["images_per_s"]}

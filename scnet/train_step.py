@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +30,18 @@ from typing import Any
 
 import torch
 
-from scnet.checkpoints.loading import FORMATS, CheckpointError, load_checkpoint
+from scnet.checkpoints.loading import FORMATS, build_for_weights, read_weights
 from scnet.checkpoints.mmdet_keys import ours_to_mmdet
-from scnet.config import ConfigError, ModelConfig
-from scnet.data import DatasetError, load_sample
+from scnet.config import ModelConfig
+from scnet.data import load_sample
 from scnet.data.pipeline import md5_hex, padded_semantic_map, uint8_bgr_chw
-from scnet.image_io import ImageError
+from scnet.engine.cli_args import ArgumentParser, report_user_error, user_errors
+from scnet.messages import describe, path_problem, shorten
 from scnet.models.detector import Detector
 from scnet.models.sampling import SAMPLING_MODES
 from scnet.models.step_record import StepRecord
 from scnet.presets import resolve_config
-from scnet.records import atomic_write
+from scnet.records import atomic_write, check_new_output_file
 
 _FIXED_NAMES = {"rpn_cls": "loss_rpn_cls", "rpn_bbox": "loss_rpn_bbox", "semantic": "loss_semantic_seg",
                 "global_context": "loss_glbctx", "mask": "loss_mask"}
@@ -197,22 +199,51 @@ def compare_step(ours: dict[str, Any], reference: dict[str, Any], *, loss_rtol: 
     return StepComparison(problems, worst_loss, worst_grad)
 
 
+# Bounds of --proposals: far more boxes than any RPN keeps (2000), coordinates far beyond any image.
+MAX_PROPOSALS = 100_000
+MAX_COORDINATE = 100_000.0
+MAX_PROPOSALS_FILE_BYTES = 64 << 20
+
+
 def read_proposals(path: str | Path) -> torch.Tensor:
     """A JSON list of [x1, y1, x2, y2, score] (score optional) as float32 [K, 4] boxes."""
     path = Path(path)
+    problem = path_problem(path)
+    if problem is not None:
+        raise StepInputError(f"--proposals {path} {problem}")
+    if path.stat().st_size > MAX_PROPOSALS_FILE_BYTES:
+        raise StepInputError(f"--proposals {path}: {path.stat().st_size:,} bytes, more than the "
+                             f"{MAX_PROPOSALS_FILE_BYTES:,} that {MAX_PROPOSALS:,} boxes take; give at most "
+                             f"{MAX_PROPOSALS:,} boxes")
     try:
-        rows = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StepInputError(f"--proposals {path}: cannot read it as JSON ({exc})") from exc
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise StepInputError(f"--proposals {path}: cannot read it as JSON ({shorten(str(exc), 120)})") from None
     if not isinstance(rows, list) or not rows:
         raise StepInputError(f"--proposals {path}: expected a non-empty JSON list of [x1, y1, x2, y2, score]")
+    if len(rows) > MAX_PROPOSALS:
+        raise StepInputError(f"--proposals {path}: {len(rows):,} boxes, more than the limit of {MAX_PROPOSALS:,}")
     for i, row in enumerate(rows):
         ok = (isinstance(row, list) and len(row) in (4, 5)
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row))
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row))
         if not ok or row[2] < row[0] or row[3] < row[1]:
-            raise StepInputError(f"--proposals {path}: entry {i} ({row!r}) is not [x1, y1, x2, y2, score] numbers "
-                                 "with x2 >= x1 and y2 >= y1")
+            raise StepInputError(f"--proposals {path}: entry {i} ({describe(row)}) is not [x1, y1, x2, y2, score] "
+                                 "finite numbers with x2 >= x1 and y2 >= y1")
+        if any(abs(v) > MAX_COORDINATE for v in row[:4]):
+            raise StepInputError(f"--proposals {path}: entry {i} has a coordinate beyond +-{MAX_COORDINATE:,.0f} "
+                                 "pixels (the limit); boxes are in input-image pixels")
     return torch.tensor([row[:4] for row in rows], dtype=torch.float32)
+
+
+def _seed(text: str) -> int:
+    """--seed: an integer the generator takes (0 .. 2**64 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{describe(text)} is not an integer") from None
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"{describe(value)} is outside 0 .. 2**64 - 1 (a 64-bit seed)")
+    return value
 
 
 def _check_targets(target: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
@@ -229,7 +260,7 @@ def _check_targets(target: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m scnet.train_step", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m scnet.train_step", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, help="e.g. scnet_r50, htc_r50, cascade_mask_rcnn_r50")
     parser.add_argument("--checkpoint", required=True, help="MMDetection checkpoint or one of ours")
     parser.add_argument("--checkpoint-format", default="auto", choices=FORMATS)
@@ -241,32 +272,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="all: every sampler takes every candidate (deterministic); random: as in training")
     parser.add_argument("--proposals", help="JSON list of [x1, y1, x2, y2, score] in input-image pixels "
                         "(after resize and flip); skips the RPN")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random samplers (--sampler random)")
-    parser.add_argument("--out", required=True, help="output JSON")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the random samplers (--sampler random), "
+                        "0 .. 2**64 - 1")
+    parser.add_argument("--out", required=True, help="output JSON; a new file, never in a run directory")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.out)
     try:
+        check_new_output_file(out, "--out", force=args.force)  # before the work, not after it
         proposals = read_proposals(args.proposals) if args.proposals else None
         cfg = resolve_config(args.preset)
         image, target, meta = load_sample(args.data, args.split, args.image_id, flip=args.flip == "on",
                                           semantic="auto" if cfg.semantic else None)
-        model = Detector(cfg)
-        load_checkpoint(model, args.checkpoint, format=args.checkpoint_format, preset_name=args.preset)
+        weights = read_weights(args.checkpoint, format=args.checkpoint_format)
+        model = build_for_weights(cfg, weights, preset_name=args.preset)  # shapes compared before allocating
+        del weights
         model.sampling = args.sampler
         model.generator = torch.Generator().manual_seed(args.seed)
         report = train_step_report(model, image, target, meta, proposals=proposals)
-    except (ConfigError, DatasetError, ImageError, CheckpointError, StepInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (*user_errors(), StepInputError) as exc:
+        return report_user_error(exc)
     report = {"preset": args.preset, "checkpoint": str(args.checkpoint), "image_id": args.image_id,
               "split": args.split, "flip": args.flip == "on", "sampler": args.sampler, "seed": args.seed,
               **report}
-    out = Path(args.out)
     payload = json.dumps(report, indent=1).encode()
-    atomic_write(out, lambda handle: handle.write(payload))
+    try:
+        atomic_write(out, lambda handle: handle.write(payload), overwrite=args.force)
+    except user_errors() as exc:
+        return report_user_error(exc)
     losses = report["losses"]
     print(f"loss {losses['loss']:.6g} ({len(losses) - 1} log entries), {len(report['grad_norms'])} gradients "
           f"-> {out}")

@@ -201,7 +201,7 @@ def test_run_id_holds_the_file_content_not_its_path(monkeypatch, tmp_path):
     assert base.replace(backbone_weights=str(other)).run_id() != at_one.run_id()
     again = RunConfig.from_dict(at_one.to_dict())
     assert again == at_one and again.run_id() == at_one.run_id()
-    with pytest.raises(ValueError, match="no such file"):
+    with pytest.raises(ValueError, match="does not exist"):
         base.replace(backbone_weights=str(tmp_path / "nope.pth"))
     # Training refuses a file that changed after the run was configured.
     torch.save({"conv1.weight": torch.full((3,), 2.0)}, one)

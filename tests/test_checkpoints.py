@@ -113,7 +113,8 @@ def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
     meta = load_checkpoint(fresh, path, format="auto")
     assert "not loaded: fake_mmengine.HistoryBuffer" in repr(meta["hist"])
     assert meta["cfg"].items == {"a": 1}  # a dict subclass keeps its items as data
-    assert np.array_equal(meta["log"], np.arange(3.0)) and meta["lr"] == 0.02  # numpy data is allowed
+    # numpy objects are inert placeholders too: the loader admits only what a checkpoint needs
+    assert repr(meta["log"]).startswith("<not loaded: numpy") and repr(meta["lr"]).startswith("<not loaded: numpy")
     assert meta["classes"] == ("a", "b") and meta["ids"] == {1, 2}
     with pytest.raises((ModuleNotFoundError, pickle.UnpicklingError, AttributeError)):
         torch.load(path, weights_only=False)
@@ -175,8 +176,9 @@ def test_state_cannot_be_set_on_an_allowed_class(tmp_path):
                b"ctorch\nSize\nq\x03s\x86q\x04b.")
     from scnet.checkpoints import restricted_pickle
 
+    stream = io.BytesIO(crafted)
     with pytest.raises(pickle.UnpicklingError, match="sets the state of"):
-        restricted_pickle.load(io.BytesIO(crafted))
+        restricted_pickle.Unpickler(stream, remaining=lambda: len(crafted) - stream.tell()).load()
     assert torch.Tensor.__repr__ is not torch.Size
     path = tmp_path / "crafted.pth"
     path.write_bytes(crafted)

@@ -99,7 +99,7 @@ def test_a_training_checkpoint_needs_no_preset(training_checkpoint, photo, tmp_p
     records = json.loads(out.read_text())
     assert records and all(0 <= r["label"] < 5 and r["category_id"] == r["label"] for r in records)
     # The same preset named explicitly is fine; another one is refused, naming the stored one.
-    assert main(_args(training_checkpoint, photo, out, "--preset", "scnet_r18_smoke")) == 0
+    assert main(_args(training_checkpoint, photo, out, "--preset", "scnet_r18_smoke", "--force")) == 0
 
 
 @pytest.mark.parametrize("extra, expected", [

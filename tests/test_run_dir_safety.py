@@ -65,10 +65,11 @@ def _one_line(capsys) -> str:
 
 def test_evaluate_refuses_to_overwrite_a_finished_run(data, finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    # run.lock names whoever held the run last (evaluate takes the lock too); the records are what count
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "run.lock"}
     assert evaluate_main(_eval_args(data, last_checkpoint_path(run), run)) == 2
     assert "already holds finished results" in _one_line(capsys)
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "run.lock"} == before
 
     (run / "result.json").unlink()  # a training run without results: still not an evaluation folder
     assert evaluate_main(_eval_args(data, last_checkpoint_path(run), run)) == 2

@@ -28,7 +28,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from experiments.executors.base import Executor, OnEnd
-from experiments.locking import RunLock
+from experiments.locking import INHERITED_LOCK_ENV, RunLock
 from experiments.status import LOG_FILE, RunStatus, State, last_iteration, run_status, write_attempt
 from scnet.records import RecordError, read_config, read_result
 
@@ -215,6 +215,7 @@ class LocalExecutor(Executor):
         try:
             # Every rank inherits the lock: the run stays locked until the last of them exits.
             for env in self._rank_envs(gpus):
+                env = {**env, INHERITED_LOCK_ENV: str(lock.fileno())}  # scnet.train then holds it already
                 procs.append(subprocess.Popen(self.command(run_dir), stdout=log, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, pass_fds=(lock.fileno(),), env=env))
         except OSError as exc:

@@ -2,8 +2,10 @@
 library's `scnet-native-1` and the trainer's `scnet-train-checkpoint`), with errors that say which
 tensors are wrong and which preset the file probably belongs to.
 
-Every file is read with `restricted_pickle`: a checkpoint is untrusted input, and nothing in it may
-call code outside a small allow-list.
+Every file is read with `scnet.checkpoints.torch_file`: a checkpoint is untrusted input, nothing in
+it may call code, and reading it costs time and memory in proportion to its size. The model a file
+asks for is built on the meta device and compared with the file's tensors before any memory is
+allocated for it (`build_for_weights`).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from scnet.checkpoints import restricted_pickle
 from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
+from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
 from scnet.config import ConfigError, ModelConfig
+from scnet.messages import describe, path_problem, printable
 from scnet.records import atomic_write
 
 NATIVE_FORMAT = "scnet-native-1"
@@ -28,19 +31,33 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the model at hand; the message says why and what to do."""
 
 
-def read_checkpoint_file(path: str | Path) -> Any:
-    """The file's contents; globals outside restricted_pickle's allow-list come back as inert
-    placeholders, so a crafted file cannot run code."""
+def read_checkpoint_file(path: str | Path, what: str = "--checkpoint") -> Any:
+    """The file's contents; globals the loader does not rebuild come back as inert placeholders, so
+    a crafted file cannot run code (see `torch_file`)."""
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise CheckpointError(f"checkpoint {path} {what} (check the --checkpoint path)")
+    problem = path_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} {problem} (check the {what} path)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint ({reason[:300]}); "
-                              "give a .pth file saved by torch.save") from exc
+        return read_torch_file(path)
+    except TorchFileError as exc:
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint: {exc}; "
+                              "give a .pth file saved by torch.save") from None
+
+
+def tensor_dict(state: Any, where: str) -> dict[str, torch.Tensor]:
+    """`state` if it maps names (strings) to finite tensors, else CheckpointError naming `where`."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"field '{where}' is {describe(state)}, not a dict of tensors")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"field '{where}' has a key that is {describe(key)}, not a tensor name")
+        if not torch.is_tensor(value):
+            raise CheckpointError(f"field '{where}' holds {describe(value)} under {describe(key)}, not a tensor")
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"tensor {describe(key)} in field '{where}' holds NaN or infinite values: the "
+                                  "weights are damaged (or were saved from a diverged run); use another file")
+    return state
 
 
 def detect_format(payload: Any) -> str:
@@ -77,9 +94,7 @@ def guess_mmdet_preset(state: dict[str, torch.Tensor]) -> str:
 
 
 def _mmdet_state(payload: dict) -> dict[str, torch.Tensor]:
-    state = payload.get("state_dict", payload)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"field 'state_dict' is a {type(state).__name__}, not a dict of tensors")
+    state = tensor_dict(payload.get("state_dict", payload), "state_dict")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -95,7 +110,8 @@ def convert_mmdet_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             unmapped.append(name)
     if unmapped:
         raise CheckpointError(f"{len(unmapped)} MMDetection tensor(s) belong to no part of this model family, "
-                              f"e.g. {unmapped[:3]}; is this a Mask R-CNN / Cascade / HTC / SCNet checkpoint?")
+                              f"e.g. {', '.join(map(describe, unmapped[:3]))}; is this a Mask R-CNN / Cascade / "
+                              "HTC / SCNet checkpoint?")
     return converted
 
 
@@ -130,16 +146,12 @@ def _weights_from_payload(path: Path, payload: Any, kind: str) -> Weights:
         if not isinstance(payload, dict):
             raise CheckpointError(f"checkpoint {path}: not an MMDetection checkpoint (no dict at top level)")
         mm_state = _mmdet_state(payload)
-        if not all(torch.is_tensor(v) for v in mm_state.values()):
-            raise CheckpointError(f"checkpoint {path}: field 'state_dict' holds values that are not tensors")
         meta = payload.get("meta", {})
         return Weights(path, kind, convert_mmdet_state(mm_state), meta if isinstance(meta, dict) else {},
                        guess_mmdet_preset(mm_state))
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path}: holds a {type(payload).__name__}, not a state dict")
-    state = payload["model"] if "model" in payload else payload
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path}: field 'model' is not a state dict of tensors")
+    state = tensor_dict(payload["model"] if "model" in payload else payload, "model")
     meta = {k: v for k, v in payload.items() if k != "model"}
     if kind == "train":
         preset, config = _train_checkpoint_model(path, payload, state)
@@ -157,9 +169,9 @@ def _stored_model_config(path: Path, values: Any, where: str) -> ModelConfig | N
                               f"found {type(values).__name__}")
     try:
         return ModelConfig.from_dict(values)
-    except (ConfigError, TypeError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: field '{where}' is not a model config this code "
-                              f"builds ({exc})") from exc
+                              f"builds ({exc})") from None
 
 
 def _train_checkpoint_model(path: Path, payload: dict, state: dict[str, torch.Tensor]
@@ -171,12 +183,15 @@ def _train_checkpoint_model(path: Path, payload: dict, state: dict[str, torch.Te
     if "model_config" in payload:
         config = _stored_model_config(path, payload["model_config"], "model_config")
         preset = payload.get("run_config", {}).get("preset") if isinstance(payload.get("run_config"), dict) else None
-        return preset, config
+        return (preset if isinstance(preset, str) else None), config
+    if not isinstance(payload.get("run_config"), dict):
+        raise CheckpointError(f"checkpoint {path}: field 'run_config' is missing or not a dict; give --preset "
+                              "and the class counts instead")
     try:
         run_config = RunConfig.from_dict(payload["run_config"])
-    except (KeyError, ConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path}: field 'run_config' is missing or unusable ({exc}); "
-                              "give --preset and the class counts instead") from exc
+    except (KeyError, ConfigError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: field 'run_config' is unusable ({exc}); "
+                              "give --preset and the class counts instead") from None
     try:
         return run_config.preset, run_config.model_config(**infer_class_counts(state))
     except ConfigError as exc:
@@ -195,8 +210,8 @@ def infer_class_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
 
 
 def load_weights_into(model: nn.Module, weights: Weights, preset_name: str | None = None) -> None:
-    """Strict load with the advice of `_check_and_load` when the tensors do not fit."""
-    _check_and_load(model, weights.state, weights.path, weights.preset, preset_name)
+    """Strict load with the advice of `check_state_fits` when the tensors do not fit."""
+    check_state_fits(model, weights.state, weights.path, weights.preset, preset_name)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, format: str = "auto",
@@ -207,36 +222,61 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, format: str = "auto",
     return weights.meta
 
 
+def build_for_weights(config: ModelConfig, weights: Weights, preset_name: str | None = None) -> nn.Module:
+    """The Detector of `config` holding `weights`. Its shapes are compared with the file's on the
+    meta device first, so neither a config nor a file that asks for a huge network allocates it."""
+    check_shapes_fit(config, weights.state, weights.path, weights.preset, preset_name)
+    from scnet.models.detector import Detector
+
+    model = Detector(config)
+    model.load_state_dict(weights.state, strict=True)
+    return model
+
+
+def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], path: str | Path,
+                     guess: str | None = None, preset_name: str | None = None) -> None:
+    """CheckpointError unless `state` fits the network of `config`, decided without allocating it."""
+    from scnet.models.detector import Detector
+
+    with torch.device("meta"):
+        shell = Detector(config)
+    _check_fit(shell.state_dict(), state, path, guess, preset_name)
+
+
 def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
                      guess: str | None = None, preset_name: str | None = None) -> None:
     """Load `state` into `model` strictly, or raise one CheckpointError line saying what differs."""
-    _check_and_load(model, state, path, guess, preset_name)
+    _check_fit(model.state_dict(), state, path, guess, preset_name)
+    model.load_state_dict(state, strict=True)
 
 
-def _check_and_load(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, guess: str | None,
-                    preset_name: str | None) -> None:
-    expected = model.state_dict()
+def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: str | Path,
+               guess: str | None, preset_name: str | None) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong_shape:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} tensor(s) missing (e.g. {missing[:3]})")
+            parts.append(f"{len(missing)} tensor(s) missing (e.g. {', '.join(map(describe, missing[:3]))})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(map(describe, unexpected[:3]))})")
         if wrong_shape:
             k = wrong_shape[0]
-            parts.append(f"{len(wrong_shape)} of another shape (e.g. {k}: file {tuple(state[k].shape)}, "
-                         f"model {tuple(expected[k].shape)})")
+            parts.append(f"{len(wrong_shape)} of another shape (e.g. {describe(k)}: file "
+                         f"{_shape_text(state[k])}, model {_shape_text(expected[k])})")
         hint = ""
         if guess and guess != preset_name:
-            hint = f" The file looks like a {guess} checkpoint: try --preset {guess}."
+            hint = f" The file looks like a {printable(guess, 60)} checkpoint: try --preset {printable(guess, 60)}."
         elif wrong_shape:
             hint = " If only class counts differ, build the model with the checkpoint's num_classes."
         what = f"preset {preset_name}" if preset_name else "this model"
         raise CheckpointError(f"checkpoint {path} does not fit {what}: {'; '.join(parts)}.{hint}")
-    model.load_state_dict(state, strict=True)
+
+
+def _shape_text(tensor: torch.Tensor) -> str:
+    shape = tuple(tensor.shape)
+    return str(shape) if len(shape) <= 8 else f"a {len(shape)}-dimensional shape"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:

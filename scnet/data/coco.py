@@ -51,6 +51,7 @@ from scnet.data.pipeline import DEFAULT_SCALE, Transform, build_transforms, pack
 from scnet.data.schema import check_coco_instances
 from scnet.data.seeding import sample_generator
 from scnet.image_io import ImageError, read_bgr
+from scnet.messages import path_kind, printable
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +162,16 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def _check_image_files(self) -> None:
         if not self.image_dir.is_dir():
-            raise DatasetError(f"{self.image_dir}: image folder not found (needed by {self.ann_file}); "
+            kind = path_kind(self.image_dir)
+            raise DatasetError(f"{self.image_dir}: image folder {'not found' if kind == 'nothing' else 'is ' + kind} "
+                               f"(needed by {self.ann_file}); "
                                f"put the {self.split}2017 images there")
         names = [self.coco.imgs[i]["file_name"] for i in self.image_ids]
         missing = _missing_files(self.image_dir, names)
         if missing:
             raise DatasetError(
                 f"{self.image_dir}: {len(missing)} image file(s) named in {self.ann_file} field "
-                f"'images[].file_name' are missing, e.g. {', '.join(missing[:5])}; add the images or "
+                f"'images[].file_name' are missing, e.g. {', '.join(map(printable, missing[:5]))}; add the images or "
                 "remove their entries from the JSON")
 
     def _resolve_semantic(self, mode: str | None) -> str | None:
@@ -186,7 +189,7 @@ class CocoInstances(torch.utils.data.Dataset):
             missing = _missing_files(stuff_dir, maps)
             if missing:
                 raise DatasetError(f"{stuff_dir}: {len(missing)} semantic map(s) for images of {self.ann_file} "
-                                   f"are missing, e.g. {', '.join(missing[:5])}; add them or remove the folder "
+                                   f"are missing, e.g. {', '.join(map(printable, missing[:5]))}; add them or remove the folder "
                                    "to derive semantic targets from the instance masks")
         return mode
 
@@ -333,7 +336,9 @@ def _load_coco(path: Path, *, clean: bool) -> tuple[COCO, int]:
     """The checked annotation file as a pycocotools index, with polygons cleaned when `clean` (see
     `usable_ground_truth`), and how many annotations the cleaning removed."""
     if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found; expected the layout "
+        kind = path_kind(path)
+        raise DatasetError(f"{path}: annotation file {'not found' if kind == 'nothing' else 'is ' + kind}; "
+                           "expected the layout "
                            "root/annotations/instances_<split>2017.json (make a synthetic one with "
                            "`python -m scnet.data.synthetic --out ROOT`)")
     try:
@@ -378,4 +383,11 @@ def _boxes_xyxy(annotations: list[dict[str, Any]]) -> np.ndarray:
 def _missing_files(folder: Path, names: list[str]) -> list[str]:
     """Names absent from `folder`, with one directory listing instead of a stat per file."""
     present = set(os.listdir(folder))
-    return [n for n in names if n not in present and not ("/" in n and (folder / n).is_file())]
+    return [n for n in names if n not in present and not ("/" in n and _is_file(folder / n))]
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte: not there
+        return False

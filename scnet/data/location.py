@@ -23,10 +23,12 @@ def missing_dataset_problem(root: str | os.PathLike[str]) -> str | None:
     root = Path(root)
     how = (f"make a synthetic dataset there with `python -m scnet.data.synthetic --out {root}`, or leave "
            f"out --data to use {DEFAULT_SYNTHETIC_ROOT} (made on first use)")
-    if not root.exists():
+    if not root.exists() and not root.is_symlink():
         return f"dataset folder {root} does not exist; check the path, or {how}"
     if not root.is_dir():
-        return f"{root} is not a folder; point --data at a dataset root (COCO layout)"
+        from scnet.messages import path_kind
+
+        return f"{root} is {path_kind(root)}, not a folder; point --data at a dataset root (COCO layout)"
     if not (root / "annotations").is_dir():
         return (f"{root} holds no annotations/ folder, so it is not a dataset in the COCO layout "
                 f"(annotations/instances_<split>2017.json, <split>2017/); check the path, or {how}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from scnet.data.errors import DatasetError
 from scnet.data.rle import compressed_rle_problem
+from scnet.messages import describe
 
 _TOP_LEVEL = ("images", "annotations", "categories")
 _NUMBER_TYPES = frozenset((int, float))  # exact types: bool, a subclass of int, is not a coordinate
@@ -22,6 +23,10 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+# The longest file or folder name Linux filesystems store (NAME_MAX).
+MAX_NAME_BYTES = 255
 
 
 def _where(path: Path, kind: str, index: int, entry: Any) -> str:
@@ -77,8 +82,12 @@ def _check_images(images: list[Any], path: Path) -> dict[int, tuple[int, int]]:
             raise DatasetError(f"{where}: field 'file_name' must be a non-empty string")
         name = PurePosixPath(image["file_name"].replace("\\", "/"))
         if name.is_absolute() or ".." in name.parts:
-            raise DatasetError(f"{where}: field 'file_name' = {image['file_name']!r} must be a path inside the "
-                               "split's image folder (no leading '/', no '..')")
+            raise DatasetError(f"{where}: field 'file_name' = {describe(image['file_name'])} must be a path inside "
+                               "the split's image folder (no leading '/', no '..')")
+        if "\0" in image["file_name"] or any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+                                             for part in name.parts):
+            raise DatasetError(f"{where}: field 'file_name' = {describe(image['file_name'])} holds a NUL byte or a "
+                               f"name of over {MAX_NAME_BYTES} bytes, which no filesystem stores; fix the entry")
         for key in ("height", "width"):
             if not _is_int(image.get(key)) or image[key] < 1:
                 raise DatasetError(f"{where}: field '{key}' must be a positive integer, got {image.get(key)!r}")

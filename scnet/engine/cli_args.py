@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from scnet.config import ConfigError
+from scnet.messages import printable
 
 EXIT_USAGE = 2
 
@@ -40,16 +41,29 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--device ")) from None
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error:` line (exit 2), not a usage block of a dozen lines."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the input or an output path is wrong", whose messages name the file or
-    field and the fix: the command-line tools print them as one line and exit 2, without a traceback."""
+    """Exceptions that mean "the input, an output path or this machine is not what the command
+    needs", whose messages name the file or field and the fix: the command-line tools print them as
+    one line and exit 2, without a traceback."""
     from scnet.checkpoints.loading import CheckpointError as WeightsError
     from scnet.data.errors import DatasetError
     from scnet.engine.checkpoint import CheckpointError
+    from scnet.engine.device import DeviceUnavailable
+    from scnet.engine.run_lock import RunLockedError
     from scnet.image_io import ImageError
     from scnet.records import OutputError, RecordError
+    from scnet.weights.backbone_init import BackboneWeightsError
 
-    return (ConfigError, DatasetError, RecordError, OutputError, CheckpointError, WeightsError, ImageError)
+    return (ConfigError, DatasetError, RecordError, OutputError, CheckpointError, WeightsError, ImageError,
+            DeviceUnavailable, BackboneWeightsError, RunLockedError)
 
 
 def one_line(exc: BaseException) -> str:
@@ -60,7 +74,7 @@ def one_line(exc: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith(("Error", "Exception")) \
             else last
-    return " ".join(text.split())
+    return printable(" ".join(text.split()), width=None)  # names from files may hold escape sequences
 
 
 def report_user_error(exc: BaseException) -> int:

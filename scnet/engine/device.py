@@ -73,6 +73,23 @@ def cuda_diagnosis(complaint: str = "") -> str:
     return text
 
 
+def check_device_usable(device: str | torch.device | None = None, *,
+                        gpu_required_because: str | None = None) -> bool:
+    """Whether CUDA is usable, or DeviceUnavailable if the run needs a GPU it cannot give; changes
+    nothing (command-line tools call it before any work, `pick_device` again when it chooses)."""
+    if device is not None:
+        if torch.device(device).type != "cuda":
+            return False
+        gpu_required_because = gpu_required_because or f"device {device!s} was requested"
+    usable, complaint = cuda_usable()
+    if not usable and gpu_required_because:
+        raise DeviceUnavailable(
+            f"this run needs a GPU ({gpu_required_because}) but CUDA is unusable: {cuda_diagnosis(complaint)}. "
+            "Install a torch wheel built for a CUDA this driver supports (or update the driver), check "
+            "that the job was given GPUs, or pass --device cpu to run on the CPU on purpose")
+    return usable
+
+
 def pick_device(local_rank: int, device: str | torch.device | None = None, *,
                 gpu_required_because: str | None = None) -> torch.device:
     """The requested device, else this process's GPU (local_rank) when CUDA works, else the CPU --
@@ -81,14 +98,7 @@ def pick_device(local_rank: int, device: str | torch.device | None = None, *,
         chosen = torch.device(device)
         if chosen.type != "cuda":
             return chosen
-        gpu_required_because = gpu_required_because or f"device {device!s} was requested"
-    usable, complaint = cuda_usable()
-    if not usable:
-        if gpu_required_because:
-            raise DeviceUnavailable(
-                f"this run needs a GPU ({gpu_required_because}) but CUDA is unusable: {cuda_diagnosis(complaint)}. "
-                "Install a torch wheel built for a CUDA this driver supports (or update the driver), check "
-                "that the job was given GPUs, or pass --device cpu to run on the CPU on purpose")
+    if not check_device_usable(device, gpu_required_because=gpu_required_because):
         return torch.device("cpu")
     if device is None or (chosen.type == "cuda" and chosen.index is None):
         chosen = torch.device("cuda", local_rank % torch.cuda.device_count())

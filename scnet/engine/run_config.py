@@ -270,13 +270,15 @@ class RunConfig:
             return
         from pathlib import Path
 
+        from scnet.messages import path_problem
         from scnet.weights.digest import file_sha256
 
         path = Path(self.backbone_weights).expanduser().absolute()
         object.__setattr__(self, "backbone_weights", str(path))
         if self.backbone_weights_sha256 is None:
-            if not path.is_file():
-                raise ConfigError(f"run config: 'backbone_weights' {path}: no such file")
+            problem = path_problem(path)
+            if problem is not None:
+                raise ConfigError(f"run config: 'backbone_weights' {path} {problem}")
             object.__setattr__(self, "backbone_weights_sha256", file_sha256(path))
 
     def __hash__(self) -> int:

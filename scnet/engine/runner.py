@@ -20,7 +20,9 @@ from torch import nn
 
 from scnet.engine import distributed
 from scnet.config import ConfigError
-from scnet.engine.checkpoint import CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state
+from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
+                                     remove_stale_temporaries, require_fields, unusable_field)
+from scnet.checkpoints.loading import check_shapes_fit, load_weights_into, read_weights, tensor_dict
 from scnet.engine.coco_eval import coco_metrics, write_detections
 from scnet.engine.device import gpu_requested, pick_device
 from scnet.engine.environment import collect_environment
@@ -91,17 +93,22 @@ def build_dataset(run_config: RunConfig, split: str, *, train: bool) -> Any:
     return dataset
 
 
-def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
-    """The network with the dataset's class counts (unless the run config fixes them: its
-    `num_semantic_classes` wins over the evaluated split's maps), seeded identically on every rank and
-    in every attempt of the run."""
-    from scnet import build_model
-
+def run_model_config(run_config: RunConfig, dataset: Any) -> Any:
+    """The ModelConfig with the dataset's class counts (unless the run config fixes them: its
+    `num_semantic_classes` wins over the evaluated split's maps)."""
     data_flags: dict[str, Any] = {"num_classes": dataset.num_classes}
     if getattr(dataset, "num_semantic_classes", None):
         data_flags["num_semantic_classes"] = dataset.num_semantic_classes
+    return run_config.model_config(**data_flags)
+
+
+def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
+    """The network of `run_model_config`, seeded identically on every rank and in every attempt."""
+    from scnet import build_model
+
+    config = run_model_config(run_config, dataset)
     seed_everything(run_config.seed)
-    return build_model(run_config.model_config(**data_flags))
+    return build_model(config)
 
 
 class RunDirError(ConfigError):
@@ -242,14 +249,16 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
         eval_set = build_dataset(run_config, run_config.eval.split, train=False) if run_config.eval.enabled else None
         check_run_splits(train_set, eval_set, run_config)
         check_training_classes(run_config, train_set)
+        model = build_run_model(run_config, train_set)
+        loaded = None
+        if not last_checkpoint_path(run_dir).exists():  # a resumed run's checkpoint holds the trunk
+            loaded = init_backbone(model, run_config)  # a bad file stops the run before its folder is written
         if distributed.rank() == 0:
             _write_config_once(run_dir, run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
                                                    device=describe_device(chosen)))
-        model = build_run_model(run_config, train_set)
-        if not last_checkpoint_path(run_dir).exists():  # a resumed run's checkpoint holds the trunk
-            loaded = init_backbone(model, run_config)
-            if loaded is not None and distributed.rank() == 0:
+            remove_stale_temporaries(run_dir)  # of a process killed mid-write; this one holds the run
+            if loaded is not None:
                 RunLog(run_dir).info(f"backbone initialised from {loaded}")
         model = model.to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
@@ -310,14 +319,6 @@ def _no_evaluation(device: torch.device) -> dict[str, Any]:
                      "skipped": "eval.enabled is false"}}
 
 
-def load_weights(model: nn.Module, checkpoint: str | Path, preset: str) -> None:
-    """Weights from elsewhere: an MMDetection checkpoint (keys mapped), the model library's own
-    format, or a bare state dict; strict, with the library's advice when they do not fit."""
-    from scnet.checkpoints.loading import load_checkpoint as load_model_checkpoint
-
-    load_model_checkpoint(model, checkpoint, preset_name=preset)
-
-
 def _check_evaluation_out(run_config: RunConfig, out: Path) -> None:
     """Weights from elsewhere go to a folder of their own: never over a run's results (result.json,
     detections, IoU records) or into a training run, whose result.json would then describe them."""
@@ -356,7 +357,7 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
         _check_evaluation_out(run_config, run_dir)
         run_state = None
     else:
-        run_state = load_checkpoint(last_checkpoint_path(run_dir))
+        run_state = require_fields(load_checkpoint(last_checkpoint_path(run_dir)), last_checkpoint_path(run_dir))
         _check_training_finished(run_state, run_dir)
         if (run_dir / RESULT_FILE).exists() and distributed.detect_dist_env().rank == 0:
             try:
@@ -365,23 +366,38 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
                 _move_aside(run_dir / RESULT_FILE, exc)
     with _process_group(device, gpu_required_because(run_config, training=False)) as chosen:
         apply_float32_mode(run_config.strict_fp32)
-        if distributed.rank() == 0:
-            _write_config_once(run_dir, run_config)
         eval_set = build_dataset(run_config, run_config.eval.split, train=False)
         check_run_splits(None, eval_set, run_config)
+        source = Path(checkpoint) if checkpoint is not None else last_checkpoint_path(run_dir)
+        # The weights are read, and their shapes compared with the network's (on the meta device),
+        # before the output folder is written: a bad checkpoint leaves nothing behind.
+        state, weights = run_state, None
+        if state is None:
+            try:
+                state = load_checkpoint(source)
+            except CheckpointError:
+                weights = read_weights(source)
+            else:
+                require_fields(state, source)
+        tensors = weights.state if weights is not None else tensor_dict(state["model"], "model")
+        check_shapes_fit(run_model_config(run_config, eval_set), tensors, source,
+                         weights.preset if weights is not None else None, run_config.preset)
+        if distributed.rank() == 0:
+            _write_config_once(run_dir, run_config)
+            remove_stale_temporaries(run_dir)
         model = build_run_model(run_config, eval_set).to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
         train_s, iterations = 0.0, 0
-        source = Path(checkpoint) if checkpoint is not None else last_checkpoint_path(run_dir)
-        try:
-            state = run_state if run_state is not None else load_checkpoint(source)
-        except CheckpointError:
-            load_weights(model, source, run_config.preset)
+        if weights is not None:
+            load_weights_into(model, weights, run_config.preset)
         else:
             load_model_state(model, state, source, preset_name=run_config.preset)
-            recorder.load_state_dict(state["iou_recorder"])  # keeps the training IoUs beside the new ones
+            try:  # keeps the training IoUs beside the new ones
+                recorder.load_state_dict(state["iou_recorder"])
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+                raise unusable_field(source, exc) from None
             train_s, iterations = float(state["train_s"]), int(state["iteration"])
-            del state
+        del state, weights, tensors
         evaluation = evaluate_model(model, eval_set, run_config, device=chosen, recorder=recorder,
                                     run_dir=run_dir, progress=progress)
         result = _result(run_config, model, evaluation, train_s=train_s, iterations=iterations,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from scnet.engine import distributed, preemption
 from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
-                                     save_checkpoint)
+                                     require_fields, save_checkpoint, unusable_field)
 from scnet.engine.lr_schedule import learning_rate, set_learning_rate
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import ROW_FIELDS, RunLog, read_metrics
@@ -185,16 +185,19 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
     start_iter, train_s, rng_states, windows = 0, 0.0, None, None
     checkpoint_path = last_checkpoint_path(run_dir)
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+        state = require_fields(load_checkpoint(checkpoint_path), checkpoint_path)
         if state["iters_per_epoch"] != per_epoch or state["total_iters"] != total:
             raise CheckpointError(
                 f"{checkpoint_path}: saved with {state['iters_per_epoch']} iterations per epoch and "
                 f"{state['total_iters']} in all, but this run has {per_epoch} and {total} (dataset or "
                 "batch size changed?); use a new run directory")
         load_model_state(model, state, checkpoint_path, preset_name=run_config.preset)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        recorder.load_state_dict(state["iou_recorder"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            recorder.load_state_dict(state["iou_recorder"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            raise unusable_field(checkpoint_path, exc) from None
         start_iter, train_s = int(state["iteration"]), float(state["train_s"])
         if len(state["rng"]) == world:
             rng_states = state["rng"]
@@ -218,15 +221,17 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
     net.train()
-    if rng_states is not None:
-        restore_rng_state(rng_states[rank])
-    else:
-        seed_everything(derive_seed("train", run_config.seed, rank, start_iter))
-
     ious = _IoUBuffer(recorder)
     window = _LossWindow()
-    if windows is not None:
-        window.load_state_dict(windows[rank])
+    try:
+        if rng_states is not None:
+            restore_rng_state(rng_states[rank])
+        if windows is not None:
+            window.load_state_dict(windows[rank])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise unusable_field(checkpoint_path, exc) from None
+    if rng_states is None:
+        seed_everything(derive_seed("train", run_config.seed, rank, start_iter))
     last_losses: dict[str, float] = {}
     bar = tqdm(total=total, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
                disable=not (progress and is_main))

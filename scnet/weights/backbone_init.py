@@ -6,7 +6,8 @@ published file MMDetection uses (`scnet.weights.published`), found in torch's hu
 The load is strict: every trunk tensor must come from the file, the classifier (`fc.*`) is the only
 tensor the file may hold beyond them, shapes must agree. BN `num_batches_tracked` counters are
 optional (torchvision's files predate them; with frozen BN statistics they are never used).
-Files are read with `torch.load(weights_only=True)`: a downloaded file cannot run code.
+Files are read with `scnet.checkpoints.torch_file`: a downloaded file cannot run code, nor cost more
+than its size to read.
 Smoke runs keep random initialisation.
 """
 from __future__ import annotations
@@ -69,19 +70,23 @@ def weights_source(run_config: Any) -> WeightsSource | None:
 
 def require_backbone_weights(run_configs: Iterable[Any]) -> None:
     """Refuse, in one message, runs whose backbone file is not on disk (before anything is submitted)."""
+    from scnet.messages import path_problem
+
     missing: dict[Path, set[str]] = {}
-    explicit: set[Path] = set()
+    explicit: dict[Path, str] = {}
     for config in run_configs:
         source = weights_source(config)
-        if source is None or source.path.is_file():
+        problem = None if source is None else path_problem(source.path)
+        if problem is None:
             continue
-        if source.published is None:
-            explicit.add(source.path)
+        if source.published is None or problem != "does not exist":
+            explicit[source.path] = problem
         else:
             missing.setdefault(source.path, set()).add(config.preset)
     if explicit:
-        raise BackboneWeightsError(f"backbone weights file(s) not found: {', '.join(map(str, sorted(explicit)))} "
-                                   "(--backbone-weights / run config field 'backbone_weights')")
+        raise BackboneWeightsError("backbone weights file(s) unusable: " + ", ".join(
+            f"{path} {problem}" for path, problem in sorted(explicit.items()))
+            + " (--backbone-weights / run config field 'backbone_weights')")
     if not missing:
         return
     presets = {preset for names in missing.values() for preset in names}
@@ -93,7 +98,13 @@ def require_backbone_weights(run_configs: Iterable[Any]) -> None:
 
 def check_file(source: WeightsSource) -> None:
     """The file exists and holds the bytes the run was configured with (published: the name's hash)."""
-    if not source.path.is_file():
+    from scnet.messages import path_problem
+
+    problem = path_problem(source.path)
+    if problem is not None and problem != "does not exist":
+        raise BackboneWeightsError(f"{source.path}: backbone weights file {problem} (--backbone-weights / "
+                                   "run config field 'backbone_weights')")
+    if problem is not None:
         if source.published is not None:
             raise BackboneWeightsError(
                 f"{source.path}: ImageNet weights for {source.published.backbone} not found; run "
@@ -116,20 +127,27 @@ def check_file(source: WeightsSource) -> None:
 def read_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The file's tensors by name; `{"state_dict": ...}` wrappers and DDP's `module.` prefix are undone
     (mmengine's loader does the same)."""
+    from scnet.checkpoints.loading import CheckpointError, tensor_dict
+    from scnet.messages import path_problem
+    from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
+
+    problem = path_problem(Path(path))
+    if problem is not None:
+        raise BackboneWeightsError(f"{path}: backbone weights file {problem} (--backbone-weights / run config "
+                                   "field 'backbone_weights')")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors of every kind get the same advice
-        raise BackboneWeightsError(f"{path}: not readable as a plain PyTorch state dict ({exc}); files that "
-                                   "need code to load are refused") from exc
+        payload = read_torch_file(path)
+    except TorchFileError as exc:
+        raise BackboneWeightsError(f"{path}: not readable as a plain PyTorch state dict ({exc})") from None
     if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
         payload = payload["state_dict"]
     if not isinstance(payload, Mapping) or not payload:
         raise BackboneWeightsError(f"{path}: expected a state dict (tensor names -> tensors), found "
                                    f"{type(payload).__name__}")
-    not_tensors = sorted(k for k, v in payload.items() if not torch.is_tensor(v))
-    if not_tensors:
-        raise BackboneWeightsError(f"{path}: entries that are not tensors: {_first(not_tensors)}")
-    state = dict(payload)
+    try:
+        state = dict(tensor_dict(dict(payload), "state_dict"))
+    except CheckpointError as exc:
+        raise BackboneWeightsError(f"{path}: {exc}") from None
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state

@@ -97,12 +97,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: --preset: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from scnet.records import OutputError, check_writable_dir
+    from scnet.weights.backbone_init import hub_checkpoint_dir
+
+    try:  # a file in the way of the hub folder is this machine's problem, not the network's
+        check_writable_dir(hub_checkpoint_dir(), "the hub cache ($TORCH_HOME/hub/checkpoints)")
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     failed = 0
     for published in files:
         try:
             print(fetch_file(published))
         except Exception as exc:  # noqa: BLE001 - network, disk and hash errors: report each, go on
             failed += 1
-            print(f"error: {published.url}: {exc} (no network here? fetch it where there is, or copy the file "
-                  f"to {_target(published)})", file=sys.stderr)
+            print(f"error: {failure_message(published, exc)}", file=sys.stderr)
     return EXIT_FAILED if failed else 0
+
+
+def failure_message(published: PublishedWeights, exc: Exception) -> str:
+    """What went wrong with one download, blaming the network only for network errors."""
+    import urllib.error
+
+    from scnet.messages import path_kind, shorten
+
+    target = _target(published)
+    if isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)):
+        return (f"{published.url}: {shorten(str(exc), 200)} (no network here? fetch it where there is, or copy "
+                f"the file to {target})")
+    if isinstance(exc, OSError):
+        blocking = next((p for p in (target, *target.parents) if p.exists() or p.is_symlink()), None)
+        kind = f"; {blocking} is {path_kind(blocking)}" if blocking is not None and not blocking.is_dir() else ""
+        return (f"{target}: cannot be written ({exc.strerror or shorten(str(exc), 200)}{kind}); make "
+                f"{target.parent} a writable folder (TORCH_HOME chooses where it is), then fetch again")
+    return f"{published.url}: {shorten(str(exc), 300)}"
