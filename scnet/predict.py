@@ -24,7 +24,7 @@ from scnet.coco_ids import COCO_CATEGORY_IDS
 from scnet.config import ConfigError, ModelConfig
 from scnet.cpu_memory import keep_freed_memory
 from scnet.data.pipeline import test_input
-from scnet.engine.cli_args import ArgumentParser, device_arg, report_user_error, user_errors
+from scnet.engine.cli_args import ArgumentParser, interruptible, device_arg, report_user_error, user_errors
 from scnet.image_io import read_bgr
 from scnet.presets import resolve_config
 from scnet.records import check_new_output_file, write_json_atomic
@@ -111,6 +111,7 @@ def model_config_for(weights: Weights, args: argparse.Namespace) -> ModelConfig:
     return resolve_config(args.preset, **counts, test_score_thr=args.score_thr)
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # large tensors reuse memory instead of page-faulting (scnet.cpu_memory)

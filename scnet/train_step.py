@@ -35,7 +35,7 @@ from scnet.checkpoints.mmdet_keys import ours_to_mmdet
 from scnet.config import ModelConfig
 from scnet.data import load_sample
 from scnet.data.pipeline import md5_hex, padded_semantic_map, uint8_bgr_chw
-from scnet.engine.cli_args import ArgumentParser, report_user_error, user_errors
+from scnet.engine.cli_args import ArgumentParser, interruptible, report_user_error, user_errors
 from scnet.messages import describe, path_problem, shorten
 from scnet.models.detector import Detector
 from scnet.models.sampling import SAMPLING_MODES
@@ -279,6 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)

@@ -265,6 +265,24 @@ def test_ctrl_c_says_how_to_resume(data, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err and "run the same command again to resume" in err
 
 
+def test_ctrl_c_in_predict_and_train_step_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import scnet.predict
+    import scnet.train_step
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scnet.predict, "read_bgr", interrupted)
+    monkeypatch.setattr(scnet.train_step, "check_new_output_file", interrupted)
+    out = tmp_path / "out.json"
+    assert predict_main(["--checkpoint", "c.pth", "--image", "i.png", "--device", "cpu", "--out", str(out)]) == 130
+    assert scnet.train_step.main(["--preset", "mask_rcnn_r18_smoke", "--checkpoint", "c.pth", "--data", str(tmp_path),
+                                  "--image-id", "1", "--flip", "off", "--sampler", "all", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("interrupted: nothing was written") == 2
+    assert not out.exists()
+
+
 def test_a_run_folder_made_unwritable_mid_run_is_one_line(data, tmp_path, capsys, monkeypatch):
     import scnet.engine.run_log as run_log
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 from scnet.config import ConfigError
 from scnet.messages import printable
@@ -75,6 +76,21 @@ def one_line(exc: BaseException) -> str:
         text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith(("Error", "Exception")) \
             else last
     return printable(" ".join(text.split()), width=None)  # names from files may hold escape sequences
+
+
+def interruptible(main: Callable[..., int]) -> Callable[..., int]:
+    """Ctrl-C in a command that writes its output only at the end: one line and exit 130, not a
+    traceback (the output is written atomically, so there is nothing half-written to clean up)."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("\ninterrupted: nothing was written; run the same command again", file=sys.stderr)
+            return 130
+
+    return wrapper
 
 
 def report_user_error(exc: BaseException) -> int:
