@@ -14,7 +14,7 @@ from scnet.models.rpn import RPN
 from scnet.models.sampling import TAKE_ALL, Assignment, sample
 from scnet.models.semantic_head import SemanticHead
 from scnet.models.step_record import SamplingContext
-from scnet.models.targets import sample_stage
+from scnet.models.targets import StageSampler
 
 STRIDES_USED = (4, 8, 16, 32, 64)
 
@@ -46,9 +46,9 @@ def test_box_assigner_sees_the_proposals_before_the_ground_truths_are_appended()
 
     def positives(low_quality):
         sampling = SamplingContext(take_all=True)
-        samples = sample_stage([props], [gts], [labels], iou_thr=0.5, low_quality=low_quality, num=512,
-                               pos_fraction=0.25, stds=(0.1, 0.1, 0.2, 0.2), num_classes=10, sampling=sampling,
-                               sampler_name="stage0")
+        sampler = StageSampler(name="stage0", iou_thr=0.5, low_quality=low_quality, num=512, pos_fraction=0.25,
+                               stds=(0.1, 0.1, 0.2, 0.2), num_classes=10)
+        samples = sampler([props], [gts], [labels], sampling)
         assert sampling.record.samples == {"stage0": [{"pos": 4, "neg": 0}]}
         rois = samples.rois[samples.is_positive, 1:]
         return {tuple(r.tolist()): int(lbl) for r, lbl in zip(rois, samples.labels[samples.is_positive])}

@@ -10,7 +10,7 @@ from scnet.models.blocks import conv_stack
 
 
 class GlobalContextHead(nn.Module):
-    def __init__(self, channels: int, num_convs: int, num_classes: int) -> None:
+    def __init__(self, *, channels: int, num_convs: int, num_classes: int) -> None:
         super().__init__()
         self.blocks = conv_stack(channels, num_convs, residual=True)
         self.classifier = nn.Linear(channels, num_classes)

@@ -32,46 +32,59 @@ class StageSamples:
         return self.labels[self.is_positive]
 
 
-def sample_stage(proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], *,
-                 iou_thr: float, low_quality: bool, num: int, pos_fraction: float, stds: tuple[float, ...],
-                 num_classes: int, sampling: SamplingContext, sampler_name: str) -> StageSamples:
-    """Assign the proposals alone, append the ground truths as proposals, sample (MMDetection's order)."""
-    rois, labels, targets, positive, added, gt_index, ious = [], [], [], [], [], [], []
-    for i, (props, gts, gt_cls) in enumerate(zip(proposals, gt_boxes, gt_labels)):
-        props = props[:, :4]
-        num_gt = gts.shape[0]
-        assignment = assign(props, gts, pos_thr=iou_thr, neg_thr=iou_thr, min_pos=iou_thr, low_quality=low_quality)
-        assignment = add_ground_truth(assignment, num_gt)
-        candidates = torch.cat([gts.to(props.dtype), props])
-        chosen: Sample = sample(assignment, num=sampling.size(num), pos_fraction=pos_fraction, num_gt_added=num_gt,
-                                generator=sampling.generator)
-        sampling.record.add_sample(sampler_name, chosen)
-        index = torch.cat([chosen.pos_index, chosen.neg_index])
-        boxes = candidates[index]
-        rois.append(torch.cat([boxes.new_full((boxes.shape[0], 1), i), boxes], dim=1))
-        image_labels = gt_cls.new_full((index.numel(),), num_classes)
-        image_labels[: chosen.pos_index.numel()] = gt_cls[chosen.pos_gt]
-        labels.append(image_labels)
-        if chosen.pos_index.numel():
-            targets.append(box_coder.encode(candidates[chosen.pos_index], gts[chosen.pos_gt], stds))
-        is_pos = torch.zeros(index.numel(), dtype=torch.bool, device=index.device)
-        is_pos[: chosen.pos_index.numel()] = True
-        positive.append(is_pos)
-        is_added = torch.zeros_like(is_pos)
-        is_added[: chosen.pos_index.numel()] = chosen.pos_is_gt
-        added.append(is_added)
-        gt_index.append(chosen.pos_gt)
-        ious.append(chosen.pos_iou)
-    device = gt_boxes[0].device
-    return StageSamples(
-        rois=torch.cat(rois),
-        labels=torch.cat(labels),
-        box_targets=torch.cat(targets) if targets else torch.zeros(0, 4, device=device),
-        is_positive=torch.cat(positive),
-        is_added_gt=torch.cat(added),
-        pos_gt_index=gt_index,
-        pos_iou=torch.cat(ious),
-    )
+@dataclass(frozen=True)
+class StageSampler:
+    """One box stage's assigner and sampler, built once per stage (MMDetection keeps one pair per stage,
+    detectron2 its `proposal_matchers[stage]`): assign the proposals alone, append the ground truths as
+    proposals, sample (MMDetection's order)."""
+
+    name: str  # the sampler's name in the step record (scnet.models.step_record)
+    iou_thr: float
+    low_quality: bool
+    num: int
+    pos_fraction: float
+    stds: tuple[float, ...]
+    num_classes: int
+
+    def __call__(self, proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
+                 sampling: SamplingContext) -> StageSamples:
+        rois, labels, targets, positive, added, gt_index, ious = [], [], [], [], [], [], []
+        for i, (props, gts, gt_cls) in enumerate(zip(proposals, gt_boxes, gt_labels)):
+            props = props[:, :4]
+            num_gt = gts.shape[0]
+            assignment = assign(props, gts, pos_thr=self.iou_thr, neg_thr=self.iou_thr, min_pos=self.iou_thr,
+                                low_quality=self.low_quality)
+            assignment = add_ground_truth(assignment, num_gt)
+            candidates = torch.cat([gts.to(props.dtype), props])
+            chosen: Sample = sample(assignment, num=sampling.size(self.num), pos_fraction=self.pos_fraction,
+                                    num_gt_added=num_gt, generator=sampling.generator)
+            sampling.record.add_sample(self.name, chosen)
+            index = torch.cat([chosen.pos_index, chosen.neg_index])
+            boxes = candidates[index]
+            rois.append(torch.cat([boxes.new_full((boxes.shape[0], 1), i), boxes], dim=1))
+            image_labels = gt_cls.new_full((index.numel(),), self.num_classes)
+            image_labels[: chosen.pos_index.numel()] = gt_cls[chosen.pos_gt]
+            labels.append(image_labels)
+            if chosen.pos_index.numel():
+                targets.append(box_coder.encode(candidates[chosen.pos_index], gts[chosen.pos_gt], self.stds))
+            is_pos = torch.zeros(index.numel(), dtype=torch.bool, device=index.device)
+            is_pos[: chosen.pos_index.numel()] = True
+            positive.append(is_pos)
+            is_added = torch.zeros_like(is_pos)
+            is_added[: chosen.pos_index.numel()] = chosen.pos_is_gt
+            added.append(is_added)
+            gt_index.append(chosen.pos_gt)
+            ious.append(chosen.pos_iou)
+        device = gt_boxes[0].device
+        return StageSamples(
+            rois=torch.cat(rois),
+            labels=torch.cat(labels),
+            box_targets=torch.cat(targets) if targets else torch.zeros(0, 4, device=device),
+            is_positive=torch.cat(positive),
+            is_added_gt=torch.cat(added),
+            pos_gt_index=gt_index,
+            pos_iou=torch.cat(ious),
+        )
 
 
 def mask_targets(samples: StageSamples, gt_masks: list[torch.Tensor], size: int) -> torch.Tensor:
