@@ -22,7 +22,8 @@ from scnet.models.losses import box_regression_loss
 from scnet.models.mask_head import MaskHead
 from scnet.models.mask_plan import MaskBranch, build_mask_plan
 from scnet.models.postprocess import multiclass_nms, paste_masks
-from scnet.models.roi_features import boxes_to_rois, multilevel_roi_align, single_level_roi_align
+from scnet.models.roi_features import (LevelSplit, boxes_to_rois, image_blocks, multilevel_roi_align,
+                                       single_level_roi_align, split_by_level)
 from scnet.models.semantic_head import STRIDE as SEMANTIC_STRIDE
 from scnet.models.semantic_head import SemanticHead
 from scnet.models.step_record import SamplingContext
@@ -83,10 +84,11 @@ class RoIHeads(nn.Module):
 
     def _roi_features(self, features: list[torch.Tensor], rois: torch.Tensor, size: int,
                       semantic_feat: torch.Tensor | None, context: torch.Tensor | None,
-                      semantic_rois: torch.Tensor | None = None) -> torch.Tensor:
+                      semantic_rois: torch.Tensor | None = None, split: LevelSplit | None = None) -> torch.Tensor:
         """RoI features at `size`, plus the pooled semantic embedding and the global context vector.
-        `semantic_rois` passes `_semantic_rois(semantic_feat, rois)` in when the caller already has it."""
-        x = multilevel_roi_align(features, rois, size)
+        `semantic_rois` (`_semantic_rois(semantic_feat, rois)`) and `split` (`split_by_level(rois)`) pass
+        in what the caller already has for these RoIs."""
+        x = multilevel_roi_align(features, rois, size, split)
         if semantic_rois is None:
             semantic_rois = self._semantic_rois(semantic_feat, rois)
         # x is a fresh buffer; at inference the sums can go into it (same values, less memory traffic)
@@ -102,12 +104,10 @@ class RoIHeads(nn.Module):
         return x
 
     @staticmethod
-    def _refine(rois: torch.Tensor, deltas: torch.Tensor, stds: tuple[float, ...],
-                image_sizes: list[tuple[int, int]]) -> torch.Tensor:
-        boxes = torch.empty_like(rois[:, 1:])
-        for i, hw in enumerate(image_sizes):
-            index = rois[:, 0] == i
-            boxes[index] = box_coder.decode(rois[index, 1:], deltas[index], stds, hw)
+    def _refine(rois: torch.Tensor, deltas: torch.Tensor, stds: tuple[float, ...], image_sizes: list[tuple[int, int]],
+                blocks: list[tuple[int, int]]) -> torch.Tensor:
+        """The RoIs (one block of rows per image) regressed by `deltas` and clipped to their images."""
+        boxes = box_coder.clip_blocks_(box_coder.decode(rois[:, 1:], deltas, stds, None), blocks, image_sizes)
         return torch.cat([rois[:, :1], boxes], dim=1)
 
     # ----------------------------------------------------------------- training
@@ -150,7 +150,7 @@ class RoIHeads(nn.Module):
                 continue
             mask_samples = sampler(stage_proposals, gt_boxes, gt_labels, sampling) if self.plan.resample_refined \
                 else samples
-            relay_input = shared[samples.is_positive]
+            relay_input = shared[samples.pos_rows] if any(b.relay is not None for b in branches) else None
             for branch in branches:
                 losses[branch.loss_name] = branch.loss_weight * self._mask_loss(
                     branch, features, mask_samples, gt_masks, semantic_feat, context, relay_input)
@@ -160,8 +160,8 @@ class RoIHeads(nn.Module):
     def _box_losses(self, stage: int, logits: torch.Tensor, deltas: torch.Tensor,
                     samples: StageSamples) -> tuple[torch.Tensor, torch.Tensor]:
         cls_loss = F.cross_entropy(logits, samples.labels)
-        pos = samples.is_positive
-        if pos.any():
+        if samples.num_positives:
+            pos = samples.pos_rows
             pred = self.box_heads[stage].select_deltas(deltas[pos], samples.labels[pos])
             box_loss = box_regression_loss(pred, samples.box_targets, self.cfg.rcnn_bbox_loss, beta=1.0)
         else:
@@ -173,17 +173,20 @@ class RoIHeads(nn.Module):
         """The next stage's proposals: every sampled RoI regressed by its class, ground truths removed."""
         labels = torch.where(samples.labels == self.cfg.num_classes, logits[:, :-1].argmax(1), samples.labels)
         chosen = self.box_heads[stage].select_deltas(deltas, labels)
-        rois = self._refine(samples.rois, chosen, self.cfg.bbox_target_stds[stage], image_sizes)
-        keep = ~samples.is_added_gt
-        return [rois[keep & (rois[:, 0] == i), 1:] for i in range(len(image_sizes))]
+        blocks = samples.blocks
+        rois = self._refine(samples.rois, chosen, self.cfg.bbox_target_stds[stage], image_sizes, blocks)
+        # each image's block starts with the ground truths it took as positives
+        return [rois[start + gts_taken:stop, 1:] for (start, stop), (_, _, gts_taken) in zip(blocks, samples.counts)]
 
     def _mask_loss(self, branch: MaskBranch, features: list[torch.Tensor], samples: StageSamples,
                    gt_masks: list[torch.Tensor], semantic_feat: torch.Tensor | None, context: torch.Tensor | None,
-                   relay_input: torch.Tensor) -> torch.Tensor:
-        """The unweighted mask BCE of one branch on its stage's positives."""
+                   relay_input: torch.Tensor | None) -> torch.Tensor:
+        """The unweighted mask BCE of one branch on its stage's positives; without positives a zero that
+        still holds the branch's parameters (its head, relay and information flow) in the graph, as
+        MMDetection's zero-weighted terms do, so that DistributedDataParallel finds no unused parameter."""
+        if samples.num_positives == 0:
+            return self._zero_loss(branch)
         rois = samples.positive_rois
-        if rois.shape[0] == 0:
-            return sum(p.sum() for p in self.mask_heads[branch.head].parameters()) * 0
         x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context)
         if branch.relay is not None:
             x = x + self.feature_relays[branch.relay](relay_input)
@@ -192,6 +195,13 @@ class RoIHeads(nn.Module):
         chosen = logits[torch.arange(labels.numel(), device=labels.device), labels]
         target = mask_targets(samples, gt_masks, MASK_TARGET_SIZE).to(chosen.dtype)
         return F.binary_cross_entropy_with_logits(chosen, target)
+
+    def _zero_loss(self, branch: MaskBranch) -> torch.Tensor:
+        modules = [self.mask_heads[b.head] for b in self.plan.branches[:branch.head + 1]] if branch.flow_in \
+            else [self.mask_heads[branch.head]]
+        if branch.relay is not None:
+            modules.append(self.feature_relays[branch.relay])
+        return sum(p.sum() for module in modules for p in module.parameters()) * 0
 
     def _branch_logits(self, branch: MaskBranch, x: torch.Tensor) -> torch.Tensor:
         """Per-class mask logits of one branch from its input features (RoI features, plus the relay),
@@ -209,46 +219,48 @@ class RoIHeads(nn.Module):
         cfg = self.cfg
         _, semantic_feat, _, context = self._context(features)
         rois = boxes_to_rois(proposals).to(features[0].device)
+        blocks = image_blocks([p.shape[0] for p in proposals])
         stage_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, deltas) per stage
         for stage, head in enumerate(self.box_heads):
             if stage_outputs:  # the previous stage's boxes, regressed by its best class
                 logits, deltas = stage_outputs[-1]
                 chosen = self.box_heads[stage - 1].select_deltas(deltas, logits[:, :-1].argmax(1))
-                rois = self._refine(rois, chosen, cfg.bbox_target_stds[stage - 1], image_sizes)
+                rois = self._refine(rois, chosen, cfg.bbox_target_stds[stage - 1], image_sizes, blocks)
             logits, deltas, _ = head(self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context))
             stage_outputs.append((logits, deltas))
         scores = F.softmax(torch.stack([logits for logits, _ in stage_outputs]).mean(0), dim=1)
-        last_deltas = stage_outputs[-1][1]
+        boxes = self._decode_all_classes(rois[:, 1:], stage_outputs[-1][1], image_sizes, blocks)
         results = []
-        for i, hw in enumerate(image_sizes):
-            index = rois[:, 0] == i
-            boxes = self._decode_all_classes(rois[index, 1:], last_deltas[index], hw)
+        for start, stop in blocks:
             det_boxes, det_scores, det_labels = multiclass_nms(
-                boxes, scores[index], score_thr=cfg.test_score_thr, iou_thr=cfg.test_nms_iou,
+                boxes[start:stop], scores[start:stop], score_thr=cfg.test_score_thr, iou_thr=cfg.test_nms_iou,
                 max_per_image=cfg.test_max_per_image)
             results.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
         self._predict_masks(features, results, semantic_feat, context, image_sizes, image_metas)
         return results
 
-    def _decode_all_classes(self, boxes: torch.Tensor, deltas: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _decode_all_classes(self, boxes: torch.Tensor, deltas: torch.Tensor, image_sizes: list[tuple[int, int]],
+                            blocks: list[tuple[int, int]]) -> torch.Tensor:
+        """Every RoI's box for every class ([N, 4] class-agnostic, else [N, C*4]), all images at once."""
         stds = self.cfg.bbox_target_stds[-1]
-        if self.cfg.reg_class_agnostic:
-            return box_coder.decode(boxes, deltas, stds, hw)
-        n, c = boxes.shape[0], self.cfg.num_classes
-        repeated = boxes.repeat_interleave(c, dim=0)
-        return box_coder.decode(repeated, deltas.reshape(-1, 4), stds, hw).reshape(n, c * 4)
+        if not self.cfg.reg_class_agnostic:
+            n, c = boxes.shape[0], self.cfg.num_classes
+            boxes = box_coder.decode(boxes.repeat_interleave(c, dim=0), deltas.reshape(-1, 4), stds, None)
+            return box_coder.clip_blocks_(boxes.reshape(n, c * 4), blocks, image_sizes)
+        return box_coder.clip_blocks_(box_coder.decode(boxes, deltas, stds, None), blocks, image_sizes)
 
     def _mask_probabilities(self, features: list[torch.Tensor], rois: torch.Tensor,
                             semantic_feat: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor:
         """Per-class mask probabilities [N, C, 28, 28] of the final boxes: the mean over the plan's test
         branches. A relay's box features come from re-running its feeding stage's box head on the final
         boxes (as SCNet does)."""
-        semantic_rois = self._semantic_rois(semantic_feat, rois)  # shared by the mask and relay features
-        x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context, semantic_rois)
+        # shared by the mask and relay features
+        semantic_rois, split = self._semantic_rois(semantic_feat, rois), split_by_level(rois)
+        x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context, semantic_rois, split)
         branches = self.plan.test_branches
         relays: dict[int, torch.Tensor] = {}  # relay index -> its output (naive SC shares one between branches)
         if any(b.relay is not None for b in branches):
-            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context, semantic_rois)
+            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context, semantic_rois, split)
             for b in branches:
                 if b.relay is not None and b.relay not in relays:
                     relays[b.relay] = self.feature_relays[b.relay](self.box_heads[b.stage](box_feats)[2])
@@ -270,7 +282,9 @@ class RoIHeads(nn.Module):
             boxes = result["boxes"]
             if image_metas is not None:
                 sx, sy = image_metas[i]["scale_factor"]
-                boxes = boxes / boxes.new_tensor([sx, sy, sx, sy])
+                scale = boxes.new_full((4,), sx)
+                scale[1::2] = sy  # made on the device: a tensor from a list would be a host-to-device copy
+                boxes = boxes / scale
                 hw = tuple(int(v) for v in image_metas[i]["ori_shape"][:2])
             result["boxes"] = boxes
             if count == 0:
