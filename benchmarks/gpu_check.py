@@ -195,7 +195,7 @@ def _ddp_worker(rank: int, port: int, use_cuda: bool, quick: bool, out: "torch.m
         width, height = (128, 96) if quick else (1333, 800)
         torch.manual_seed(0)
         model = build_model(preset, num_classes=80, num_semantic_classes=81).to(device).train()
-        net = DistributedDataParallel(model, device_ids=[rank] if use_cuda else None, find_unused_parameters=True)
+        net = DistributedDataParallel(model, device_ids=[rank] if use_cuda else None, find_unused_parameters=False)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
         images, targets = random_batch(2, width, height, 80, model.config.semantic, seed=rank)
         images = [i.to(device) for i in images]
