@@ -2,16 +2,19 @@
 (`scnet.sync_points`) sees each kind of host read, and the smoke presets stay within the goal set for
 the R50 presets -- at most 30 points per training step, the same number at 50 objects as at 7, at most
 10 per inference image (benchmarks/sync_points.py measures the R50 presets). A count is a property of
-the code, not a timing: it is the same on every machine."""
+the code, not a timing: it is the same on every machine. The pieces that replaced host reads (grouped
+NMS, RoIs pooled level by level after one sort) give the usual answers."""
 from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import nms
+from torchvision.ops import nms, roi_align
 
 import scnet
 from scnet.models import roi_heads
+from scnet.models.nms import batched_nms
 from scnet.models.postprocess import paste_masks_batched
+from scnet.models.roi_features import FEATURE_STRIDES, multilevel_roi_align, roi_levels
 from scnet.sync_points import count_sync_points
 
 HEIGHT, WIDTH = 96, 128
@@ -80,3 +83,36 @@ def test_smoke_presets_stay_within_the_sync_budget(arch, monkeypatch):
         detections = model.eval()(image)
     assert detections[0]["scores"].numel() > 0
     assert points.total <= 10, points.by_line()
+
+
+# ------------------------------------------------- the sync-free pieces give the usual answers
+
+def test_grouped_nms_is_one_nms_per_group():
+    """One NMS on boxes shifted per group (mmcv's batched_nms) keeps what an NMS per group keeps."""
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 10 + torch.rand(300, 2, generator=g) * 60], dim=1)
+    scores, groups = torch.rand(300, generator=g), torch.randint(0, 5, (300,), generator=g)
+    kept = batched_nms(boxes, scores, groups, 0.5)
+    assert torch.equal(scores[kept], scores[kept].sort(descending=True).values)
+    for group in range(5):
+        members = torch.nonzero(groups == group).flatten()
+        alone = members[nms(boxes[members], scores[members], 0.5)]
+        assert torch.equal(kept[groups[kept] == group], alone)
+    assert batched_nms(boxes[:0], scores[:0], groups[:0], 0.5).shape == (0,)
+
+
+def test_rois_pooled_level_by_level_are_each_rois_own_pooling():
+    g = torch.Generator().manual_seed(1)
+    features = [torch.rand(2, 4, 64 // 2 ** k, 96 // 2 ** k, generator=g) for k in range(5)]
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([300.0, 200.0])
+    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), xy,
+                      xy + torch.rand(40, 2, generator=g) * 250 + 2], dim=1)
+    out = multilevel_roi_align(features, rois, 7)
+    levels = roi_levels(rois, 4)
+    for i in range(rois.shape[0]):
+        level = int(levels[i])
+        alone = roi_align(features[level], rois[i:i + 1], 7, spatial_scale=1 / FEATURE_STRIDES[level],
+                          sampling_ratio=0, aligned=True)
+        assert torch.equal(out[i:i + 1], alone)
+    assert len(set(levels.tolist())) > 2  # several levels were exercised
