@@ -38,6 +38,21 @@ def test_rpn_anchors_stop_at_the_image_own_padding_and_border():
     assert bool((wider | ~inside).all()) and wider.sum() > inside.sum()
 
 
+@pytest.mark.parametrize("border", [-1, 0, 8])
+def test_the_host_side_check_for_trainable_anchors_agrees_with_the_mask(border):
+    """The RPN refuses an image without a trainable anchor from host arithmetic alone (no device read)."""
+    feature_sizes = [(-(-64 // s), -(-96 // s)) for s in STRIDES_USED]
+    anchors = _anchors(feature_sizes)
+    sizes = [(h, w) for h in (8, 20, 31, 32, 33, 40, 64) for w in (8, 23, 32, 33, 45, 46, 47, 96)]
+    answers = set()
+    for hw in sizes:
+        mask = RPN.trainable_anchors(anchors, feature_sizes, hw, allowed_border=border, size_divisor=32)
+        answer = RPN.any_trainable_anchor(feature_sizes, hw, allowed_border=border, size_divisor=32)
+        assert answer == bool(mask.any()), hw
+        answers.add(answer)
+    assert answers == ({True} if border < 0 else {True, False})  # tiny images have none inside
+
+
 def test_box_assigner_sees_the_proposals_before_the_ground_truths_are_appended():
     gts = torch.tensor([[0.0, 0.0, 100.0, 100.0], [50.0, 0.0, 150.0, 100.0]])
     # p0: IoU 0.54 with gt0, 0.67 with gt1 (max-IoU: gt1) and gt0's best proposal; p1: gt1's best (IoU 1)

@@ -93,13 +93,12 @@ class RPN(nn.Module):
         `size_divisor` on its own, and, when `allowed_border` >= 0, lying within the image (not the
         padding) up to that margin: x1, y1 >= -border, x2 < width + border, y2 < height + border."""
         h, w = image_hw
-        pad_h = -(-h // size_divisor) * size_divisor
-        pad_w = -(-w // size_divisor) * size_divisor
         flags = []
-        for (feat_h, feat_w), stride in zip(feature_sizes, STRIDES):
+        for (feat_h, feat_w), stride, (num_rows, num_cols) in zip(
+                feature_sizes, STRIDES, _own_cells(feature_sizes, image_hw, size_divisor)):
             device = anchors[0].device
-            rows = torch.arange(feat_h, device=device) < min(-(-pad_h // stride), feat_h)
-            cols = torch.arange(feat_w, device=device) < min(-(-pad_w // stride), feat_w)
+            rows = torch.arange(feat_h, device=device) < num_rows
+            cols = torch.arange(feat_w, device=device) < num_cols
             flags.append((rows[:, None] & cols[None, :]).reshape(-1).repeat_interleave(len(RATIOS)))
         inside = torch.cat(flags)
         if allowed_border >= 0:
@@ -114,12 +113,10 @@ class RPN(nn.Module):
         """Whether `trainable_anchors` holds any anchor, worked out on the host: the condition is a
         product of one on the anchor's column and one on its row, per level and ratio."""
         h, w = image_hw
-        pad_h = -(-h // size_divisor) * size_divisor
-        pad_w = -(-w // size_divisor) * size_divisor
-        for (feat_h, feat_w), stride in zip(feature_sizes, STRIDES):
+        for stride, (num_rows, num_cols) in zip(STRIDES, _own_cells(feature_sizes, image_hw, size_divisor)):
             # the anchors' float32 coordinates, as on the device (numpy: no tensor op to wait on)
-            cols = np.arange(min(-(-pad_w // stride), feat_w), dtype=np.float32) * np.float32(stride)
-            rows = np.arange(min(-(-pad_h // stride), feat_h), dtype=np.float32) * np.float32(stride)
+            cols = np.arange(num_cols, dtype=np.float32) * np.float32(stride)
+            rows = np.arange(num_rows, dtype=np.float32) * np.float32(stride)
             for x1, y1, x2, y2 in BASE_ANCHORS_FLOAT32[stride]:
                 if allowed_border < 0:
                     fits = cols.size > 0 and rows.size > 0
@@ -167,3 +164,12 @@ class RPN(nn.Module):
             num_samples.append(weights.sum())
         denom = torch.stack(num_samples).sum().clamp(min=1)
         return {"rpn_cls": torch.stack(cls_losses).sum() / denom, "rpn_bbox": torch.stack(box_losses).sum() / denom}
+
+
+def _own_cells(feature_sizes: list[tuple[int, int]], image_hw: tuple[int, int],
+               size_divisor: int) -> list[tuple[int, int]]:
+    """Per level, the rows and columns of feature cells that the image padded on its own covers."""
+    pad_h = -(-image_hw[0] // size_divisor) * size_divisor
+    pad_w = -(-image_hw[1] // size_divisor) * size_divisor
+    return [(min(-(-pad_h // stride), feat_h), min(-(-pad_w // stride), feat_w))
+            for (feat_h, feat_w), stride in zip(feature_sizes, STRIDES)]
