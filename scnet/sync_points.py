@@ -2,7 +2,8 @@
 the host must read before it can go on (`.item()`/`bool()` of a tensor, `nonzero`, boolean-mask
 indexing and assignment, `unique`, NMS, `bincount`, `repeat_interleave` by a tensor, copies to the
 host), and tensors made from Python data (`torch.tensor(list)`, `new_tensor`, indexing with a list),
-which PyTorch copies to a GPU and then waits for.
+which PyTorch copies to a GPU and then waits for (a number assigned through an index, `x[m] = 0`, is
+not: it is filled on the device).
 
 The count is taken on any device, CPU included, by watching the ops as they are dispatched, so that a
 CPU-only test can hold the heads to a budget: it is a property of the code, as deterministic as the
@@ -85,8 +86,11 @@ class SyncPoints:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.in_scalar_setitem = False
 
     def add(self, kind: str) -> None:
+        if kind == "host-to-device copy" and self.in_scalar_setitem:
+            return  # `x[i] = 0.0` wraps the number in a tensor, which on a GPU is filled there, not copied
         self.counts[(kind, _source_line())] += 1
 
     @property
@@ -128,8 +132,15 @@ class _HostReadWatch(TorchFunctionMode):
         self.points = points
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", None) in _HOST_READS and args and isinstance(args[0], torch.Tensor):
+        name = getattr(func, "__name__", None)
+        if name in _HOST_READS and args and isinstance(args[0], torch.Tensor):
             self.points.add("host copy")
+        if name == "__setitem__" and len(args) == 3 and isinstance(args[2], (bool, int, float)):
+            self.points.in_scalar_setitem = True
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.points.in_scalar_setitem = False
         return func(*args, **(kwargs or {}))
 
 

@@ -29,7 +29,7 @@ def test_the_counter_sees_each_kind_of_host_read_and_where_it_happened():
         torch.nonzero(mask)
         y = x[mask]  # boolean-mask index, and its backward assigns through the mask
         y.sum().backward()
-        x.detach()[mask] = torch.zeros(())
+        x.detach()[mask] = 0.0  # the number is filled on the device, not copied
         mask.long().unique()
         nms(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([1.0]), 0.5)  # 2 tensors from lists, 1 NMS
         x.tolist()
