@@ -6,7 +6,8 @@ Training: one forward and backward of a preset (random weights, the random sampl
 1333x800 images (--size) with N filled-rectangle objects each (benchmarks/train_speed.py's batch), for each N
 of --objects. Inference: the coffee photo with the deterministic reference weights
 (shared/reference; random weights on a random image when it is absent), 100 detections, batch 1.
-Counted by `scnet.sync_points.count_sync_points` on the CPU; masks are pasted by the GPU's batched
+Counted by `scnet.sync_points.count_sync_points` on the CPU, after a small uncounted inference that
+makes the per-device constants (anchors, coder stds); masks are pasted by the GPU's batched
 path (`paste_masks_batched`, one host read per image) rather than the CPU's box-by-box one, so the
 figures are those of a GPU step. With CUDA present the same runs are repeated on the GPU under
 `torch.cuda.set_sync_debug_mode("warn")`, whose warnings are counted too (`--device cuda` alone).
@@ -71,9 +72,18 @@ def cuda_sync_warnings(device: torch.device) -> Iterator[Counter]:
             seen[f"{w.filename}:{w.lineno}"] += 1
 
 
+def warm_up(model: torch.nn.Module, device: torch.device) -> None:
+    """One small uncounted inference: the constants made once per device (anchors, coder stds) are
+    made here, not in the step counted."""
+    with torch.no_grad():
+        model.eval()([torch.rand(3, 128, 128, device=device) * 255])
+
+
 def training_step(preset: str, objects: int, device: torch.device, size: tuple[int, int]) -> tuple[SyncPoints, Counter]:
     torch.manual_seed(0)
-    model = build_model(preset).to(device).train()
+    model = build_model(preset).to(device)
+    warm_up(model, device)
+    model.train()
     images, targets = random_batch(2, *size, num_classes=80, semantic=model.config.semantic, seed=objects,
                                    objects=objects)
     images = [i.to(device) for i in images]
@@ -96,6 +106,7 @@ def inference_image(preset: str, device: torch.device) -> tuple[SyncPoints, Coun
     else:
         image, meta = torch.rand(3, 800, 1216) * 255, None
     model.to(device)
+    warm_up(model, device)
     image = image.to(device)
     with torch.inference_mode():
         with gpu_pasting(), cuda_sync_warnings(device) as cuda_points, count_sync_points() as points:
