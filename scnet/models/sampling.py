@@ -57,8 +57,10 @@ def assign(boxes: torch.Tensor, gt_boxes: torch.Tensor, *, pos_thr: float, neg_t
         # loops over the ground truths in order, so the last one that claims a candidate keeps it
         gt_max = overlaps.max(dim=1, keepdim=True).values  # [G, 1]
         claims = (overlaps == gt_max) & (gt_max >= min_pos)
-        last_claim = claims.shape[0] - 1 - claims.flip(0).to(torch.uint8).argmax(dim=0)
-        gt_index = torch.where(claims.any(dim=0), last_claim + 1, gt_index)
+        num_gt = claims.shape[0]
+        ids = torch.arange(1, num_gt + 1, dtype=torch.int16 if num_gt < 2 ** 15 else torch.int32, device=boxes.device)
+        last_claim = (claims.to(ids.dtype) * ids[:, None]).amax(dim=0)  # 1-based, 0: nobody's best
+        gt_index = torch.where(last_claim > 0, last_claim.long(), gt_index)
     return Assignment(gt_index, max_iou)
 
 
