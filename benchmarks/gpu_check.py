@@ -458,9 +458,8 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, port: int, device_name: str, backend: str, quick: bool,
                 out: "torch.multiprocessing.Queue") -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
     from scnet.engine import distributed
+    from scnet.engine.trainer import wrap_ddp
 
     try:
         device = torch.device(device_name)
@@ -477,8 +476,7 @@ def _ddp_worker(rank: int, port: int, device_name: str, backend: str, quick: boo
         torch.manual_seed(0)
         model = build_model(preset, num_classes=80, num_semantic_classes=81).to(device).train()
         distributed.patient_barrier()  # as the trainer does before DDP's first broadcast
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=True)
+        net = wrap_ddp(model, device)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
         images, targets = random_batch(2, width, height, 80, model.config.semantic, seed=rank)
         images = [i.to(device) for i in images]

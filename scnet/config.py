@@ -90,22 +90,6 @@ class ModelConfig:
         _normalise_types(self)
         validate(self)
 
-    @property
-    def has_mask_per_stage(self) -> bool:
-        """Cascade Mask R-CNN and HTC train a mask branch per box stage; SCNet only after the last."""
-        return self.sample_consistency == "none"
-
-    @property
-    def num_mask_heads(self) -> int:
-        if self.sample_consistency == "effective":
-            return 1
-        return self.stages
-
-    @property
-    def mask_loss_weight(self) -> float:
-        """Effective SC's single mask branch carries the weight of all stages (Eq. 4)."""
-        return float(sum(self.stage_loss_weights))
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -77,10 +77,11 @@ def mmdet_log(losses: dict[str, torch.Tensor], record: StepRecord, cfg: ModelCon
 def gradient_report(model: Detector) -> tuple[dict[str, float], list[str]]:
     """(L2 norm of every gradient, trainable parameters without one), under MMDetection's names."""
     cfg = model.config
+    mask_heads = len(model.roi_heads.mask_heads)
     norms: dict[str, float] = {}
     without: list[str] = []
     for name, param in model.named_parameters():
-        mmdet_name = ours_to_mmdet(name, box_stages=cfg.stages, mask_heads=cfg.num_mask_heads)
+        mmdet_name = ours_to_mmdet(name, box_stages=cfg.stages, mask_heads=mask_heads)
         if param.grad is not None:
             # float32, as MMDetection's report computes it (a float64 norm differs by up to ~1e-3 on
             # the largest tensors: float32 accumulation error, not a different gradient)

@@ -12,6 +12,7 @@ import torch
 import scnet
 import scnet.build
 from scnet import ConfigError, ModelConfig, build_model, preset_names, resolve_config
+from scnet.models.mask_plan import build_mask_plan
 
 SIZES = ("r50", "r101", "x101_64x4d", "r18_smoke")
 BACKBONE = {"r50": "resnet50", "r101": "resnet101", "x101_64x4d": "resnext101_64x4d", "r18_smoke": "resnet18"}
@@ -135,10 +136,11 @@ def test_scnet_is_cascade_with_all_components(size):
     assert scnet_cfg.stages == 3 and scnet_cfg.mask_flow == "cascade"
     assert scnet_cfg.stage_iou_thresholds == (0.5, 0.6, 0.7)
     assert scnet_cfg.stage_loss_weights == (1.0, 0.5, 0.25)
-    assert scnet_cfg.mask_loss_weight == pytest.approx(1.75)
     assert scnet_cfg.semantic_weight == pytest.approx(0.2) and scnet_cfg.glbctx_weight == pytest.approx(3.0)
     assert scnet_cfg.mask_convs == 12 and scnet_cfg.semantic_residual
-    assert scnet_cfg.num_mask_heads == 1 and not scnet_cfg.has_mask_per_stage
+    (branch,) = build_mask_plan(scnet_cfg).branches  # one deep branch behind the last stage, beta = 1.75
+    assert branch.stage == 2 and branch.deep and branch.loss_name == "mask"
+    assert branch.loss_weight == pytest.approx(1.75)
 
 
 @pytest.mark.parametrize("size", SIZES)

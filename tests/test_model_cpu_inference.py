@@ -35,7 +35,7 @@ def _detached(out):
 @pytest.mark.parametrize("residual,convs,flow", [(True, 4, False), (False, 4, False), (False, 2, True)])
 def test_mask_head_shortcut_is_bit_identical(residual, convs, flow):
     torch.manual_seed(0)
-    head = MaskHead(32, convs, num_classes=5, residual=residual, feature_flow=flow).eval()
+    head = MaskHead(channels=32, num_convs=convs, num_classes=5, residual=residual, feature_flow=flow).eval()
     x = torch.randn(6, 32, 14, 14)
     previous = torch.randn(6, 32, 14, 14) if flow else None
     default, shortcut = _default_and_shortcut(lambda: head(x, previous))
@@ -92,7 +92,7 @@ def test_model_copies_after_cpu_inference():
     import copy
 
     torch.manual_seed(0)
-    head = MaskHead(32, 4, num_classes=5, residual=True).eval()
+    head = MaskHead(channels=32, num_convs=4, num_classes=5, residual=True).eval()
     with torch.no_grad():
         head(torch.randn(20, 32, 14, 14))
     clone = copy.deepcopy(head)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import scnet
+from scnet.models.mask_plan import build_mask_plan
 
 NUM_CLASSES = 3
 NUM_SEMANTIC = 4  # 0 = background, label k -> k + 1
@@ -443,3 +444,56 @@ def test_effective_mask_loss_is_sum_of_alpha_times_the_unweighted_bce():
     torch.testing.assert_close(default["mask"], 1.75 * unit["mask"])
     assert unit["stage1_cls"].item() == 0.0 and unit["stage2_cls"].item() == 0.0
     torch.testing.assert_close(default["stage0_cls"], unit["stage0_cls"])
+
+
+# ------------------------------------------------------------------------ the mask-branch plan
+
+def _plan_rows(arch: str, flags: dict) -> list[tuple]:
+    cfg = scnet.resolve_config(f"{arch}_r18_smoke", **flags)
+    return [(b.head, b.stage, b.loss_name, b.loss_weight, b.relay, b.deep, b.flow_in)
+            for b in build_mask_plan(cfg).branches]
+
+
+# (head, feeding stage, loss name, weight, relay, deep residual branch, HTC flow in), written out from
+# the paper: Fig. 2 (Cascade Mask R-CNN, HTC), Fig. 3 and Eq. 3-4 (naive and effective SC, beta = 1.75)
+PLAN_CASES = [
+    ("mask_rcnn", "mask_rcnn", {}, [(0, 0, "stage0_mask", 1.0, None, False, False)]),
+    ("mask_rcnn_fr", "mask_rcnn", dict(feature_relay=True), [(0, 0, "stage0_mask", 1.0, 0, False, False)]),
+    ("cascade", "cascade_mask_rcnn", {}, [(0, 0, "stage0_mask", 1.0, None, False, False),
+                                          (1, 1, "stage1_mask", 0.5, None, False, False),
+                                          (2, 2, "stage2_mask", 0.25, None, False, False)]),
+    ("cascade_fr", "cascade_mask_rcnn", dict(feature_relay=True), [(0, 0, "stage0_mask", 1.0, 0, False, False),
+                                                                   (1, 1, "stage1_mask", 0.5, 1, False, False),
+                                                                   (2, 2, "stage2_mask", 0.25, 2, False, False)]),
+    ("htc", "htc", {}, [(0, 0, "stage0_mask", 1.0, None, False, False),
+                        (1, 1, "stage1_mask", 0.5, None, False, True),
+                        (2, 2, "stage2_mask", 0.25, None, False, True)]),
+    ("naive", "cascade_mask_rcnn", dict(sample_consistency="naive"), [(0, 2, "mask0", 1.0, None, False, False),
+                                                                      (1, 2, "mask1", 0.5, None, False, False),
+                                                                      (2, 2, "mask2", 0.25, None, False, False)]),
+    ("naive_fr", "cascade_mask_rcnn", dict(sample_consistency="naive", feature_relay=True),
+     [(0, 2, "mask0", 1.0, 0, False, False), (1, 2, "mask1", 0.5, 0, False, False),
+      (2, 2, "mask2", 0.25, 0, False, False)]),
+    ("effective", "cascade_mask_rcnn", dict(sample_consistency="effective"), [(0, 2, "mask", 1.75, None, True, False)]),
+    ("scnet", "scnet", {}, [(0, 2, "mask", 1.75, 0, True, False)]),
+]
+
+
+@pytest.mark.parametrize("name,arch,flags,rows", PLAN_CASES, ids=[c[0] for c in PLAN_CASES])
+def test_mask_plan_places_each_branch_as_the_paper_does(name, arch, flags, rows):
+    assert _plan_rows(arch, flags) == rows
+    plan = build_mask_plan(scnet.resolve_config(f"{arch}_r18_smoke", **flags))
+    assert plan.num_relays == len({r[4] for r in rows if r[4] is not None})
+    assert plan.resample_refined == (arch == "htc")
+    # at test time every branch is averaged, except HTC's, which keeps the last one (MMDetection 3.3.0)
+    assert plan.test_branches == (plan.branches[-1:] if arch == "htc" else plan.branches)
+    stages = 1 if arch == "mask_rcnn" else 3
+    assert sum(len(plan.fed_by(t)) for t in range(stages)) == len(rows)
+
+
+def test_mask_plan_follows_the_stage_loss_weights():
+    """beta = sum(alpha) and alpha_t per branch whatever alpha is (Eq. 3-4)."""
+    alpha = dict(stage_loss_weights=(0.5, 2.0, 3.0))
+    assert [r[3] for r in _plan_rows("scnet", alpha)] == [5.5]
+    assert [r[3] for r in _plan_rows("cascade_mask_rcnn", dict(alpha, sample_consistency="naive"))] == [0.5, 2.0, 3.0]
+    assert [r[3] for r in _plan_rows("htc", alpha)] == [0.5, 2.0, 3.0]

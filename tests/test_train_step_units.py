@@ -11,10 +11,10 @@ import scnet
 
 from scnet.models.anchors import RATIOS
 from scnet.models.rpn import RPN
-from scnet.models.sampling import TAKE_ALL, Assignment, sample
+from scnet.models.sampling import TAKE_ALL, Assignment, sample, valid_first_ascending
 from scnet.models.semantic_head import SemanticHead
 from scnet.models.step_record import SamplingContext
-from scnet.models.targets import sample_stage
+from scnet.models.targets import StageSampler
 
 STRIDES_USED = (4, 8, 16, 32, 64)
 
@@ -38,6 +38,21 @@ def test_rpn_anchors_stop_at_the_image_own_padding_and_border():
     assert bool((wider | ~inside).all()) and wider.sum() > inside.sum()
 
 
+@pytest.mark.parametrize("border", [-1, 0, 8])
+def test_the_host_side_check_for_trainable_anchors_agrees_with_the_mask(border):
+    """The RPN refuses an image without a trainable anchor from host arithmetic alone (no device read)."""
+    feature_sizes = [(-(-64 // s), -(-96 // s)) for s in STRIDES_USED]
+    anchors = _anchors(feature_sizes)
+    sizes = [(h, w) for h in (8, 20, 31, 32, 33, 40, 64) for w in (8, 23, 32, 33, 45, 46, 47, 96)]
+    answers = set()
+    for hw in sizes:
+        mask = RPN.trainable_anchors(anchors, feature_sizes, hw, allowed_border=border, size_divisor=32)
+        answer = RPN.any_trainable_anchor(feature_sizes, hw, allowed_border=border, size_divisor=32)
+        assert answer == bool(mask.any()), hw
+        answers.add(answer)
+    assert answers == ({True} if border < 0 else {True, False})  # tiny images have none inside
+
+
 def test_box_assigner_sees_the_proposals_before_the_ground_truths_are_appended():
     gts = torch.tensor([[0.0, 0.0, 100.0, 100.0], [50.0, 0.0, 150.0, 100.0]])
     # p0: IoU 0.54 with gt0, 0.67 with gt1 (max-IoU: gt1) and gt0's best proposal; p1: gt1's best (IoU 1)
@@ -46,12 +61,12 @@ def test_box_assigner_sees_the_proposals_before_the_ground_truths_are_appended()
 
     def positives(low_quality):
         sampling = SamplingContext(take_all=True)
-        samples = sample_stage([props], [gts], [labels], iou_thr=0.5, low_quality=low_quality, num=512,
-                               pos_fraction=0.25, stds=(0.1, 0.1, 0.2, 0.2), num_classes=10, sampling=sampling,
-                               sampler_name="stage0")
+        sampler = StageSampler(name="stage0", iou_thr=0.5, low_quality=low_quality, num=512, pos_fraction=0.25,
+                               stds=(0.1, 0.1, 0.2, 0.2), num_classes=10)
+        samples = sampler([props], [gts], [labels], sampling)
         assert sampling.record.samples == {"stage0": [{"pos": 4, "neg": 0}]}
-        rois = samples.rois[samples.is_positive, 1:]
-        return {tuple(r.tolist()): int(lbl) for r, lbl in zip(rois, samples.labels[samples.is_positive])}
+        rois = samples.positive_rois[:, 1:]
+        return {tuple(r.tolist()): int(lbl) for r, lbl in zip(rois, samples.positive_labels)}
 
     # the ground truths come first, assigned to themselves
     assert list(positives(False).values())[:2] == [3, 7]
@@ -75,12 +90,18 @@ def test_samplers_take_every_candidate_or_the_configured_number_in_index_order()
     gt_index = torch.tensor([0, 1, 0, 2, 0, 0, 1, -1, 0, 1] * 50)
     assignment = Assignment(gt_index, torch.rand(gt_index.numel()))
     everything = sample(assignment, num=TAKE_ALL, pos_fraction=0.25)
-    assert everything.pos_index.numel() == int((gt_index > 0).sum())
-    assert everything.neg_index.numel() == int((gt_index == 0).sum())
+    for slots, valid, member in ((everything.pos_slots, everything.pos_valid, gt_index > 0),
+                                 (everything.neg_slots, everything.neg_valid, gt_index == 0)):
+        assert torch.equal(valid_first_ascending(slots, valid)[:int(valid.sum())], torch.nonzero(member).flatten())
     drawn = sample(assignment, num=64, pos_fraction=0.25, generator=torch.Generator().manual_seed(0))
-    assert drawn.pos_index.numel() == 16 and drawn.neg_index.numel() == 48
-    for index in (drawn.pos_index, drawn.neg_index):
-        assert torch.equal(index, index.sort().values)  # MMDetection's unique() leaves them sorted
+    assert int(drawn.num_pos) == 16 and int(drawn.num_neg) == 48
+    for slots, valid, member in ((drawn.pos_slots, drawn.pos_valid, gt_index > 0),
+                                 (drawn.neg_slots, drawn.neg_valid, gt_index == 0)):
+        assert bool(valid[:int(valid.sum())].all())  # the valid slots come first
+        taken = slots[valid]
+        assert taken.unique().numel() == taken.numel() and bool(member[taken].all())
+        index = valid_first_ascending(slots, valid)[:int(valid.sum())]
+        assert torch.equal(index, taken.sort().values)  # MMDetection's unique() leaves them sorted
 
 
 @pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn", "htc", "scnet"])

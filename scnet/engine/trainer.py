@@ -16,6 +16,7 @@ bit for bit, as an unbroken one.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections import defaultdict
@@ -48,6 +49,20 @@ class TrainOutcome:
     train_s: float
     resumed_from: int
     last_losses: dict[str, float] = field(default_factory=dict)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """The model under DistributedDataParallel as training runs it. Every trainable parameter takes part
+    in every loss, also where a head had nothing to learn from (zero-weighted terms in scnet.models, as
+    MMDetection's), so DDP need not search the graph for unused ones each step; gradients live in the
+    all-reduce buckets rather than beside them; and buffers are broadcast from rank 0 before each forward
+    only when BatchNorm trains (with `norm_eval` its statistics are frozen and never change)."""
+    frozen_buffers: dict[str, bool] = {}
+    if model.config.norm_eval:  # torch >= 2.14 names it forward_sync_buffers (and deprecates the other)
+        new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        frozen_buffers = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=False, gradient_as_bucket_view=True, **frozen_buffers)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -217,9 +232,7 @@ def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: R
         # Set-up (data index, run files, checkpoint) takes each rank its own time: meet under the
         # patient timeout before DDP's first broadcast, the first collective with the short one.
         distributed.patient_barrier()
-        # find_unused_parameters: a head can sit out an iteration (e.g. no positive samples).
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=True)
+        net = wrap_ddp(model, device)
     net.train()
     ious = _IoUBuffer(recorder)
     window = _LossWindow()

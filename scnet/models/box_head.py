@@ -7,7 +7,7 @@ from torch import nn
 
 
 class BoxHead(nn.Module):
-    def __init__(self, in_channels: int, roi_size: int, fc_channels: int, num_classes: int,
+    def __init__(self, *, in_channels: int, roi_size: int, fc_channels: int, num_classes: int,
                  class_agnostic: bool) -> None:
         super().__init__()
         self.fcs = nn.ModuleList([nn.Linear(in_channels * roi_size * roi_size, fc_channels),

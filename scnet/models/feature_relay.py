@@ -8,7 +8,7 @@ from torch import nn
 
 
 class FeatureRelay(nn.Module):
-    def __init__(self, fc_channels: int, mask_channels: int, roi_size: int = 7) -> None:
+    def __init__(self, *, fc_channels: int, mask_channels: int, roi_size: int = 7) -> None:
         super().__init__()
         self.fc = nn.Linear(fc_channels, mask_channels * roi_size * roi_size)
         self.mask_channels, self.roi_size = mask_channels, roi_size

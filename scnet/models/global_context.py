@@ -10,7 +10,7 @@ from scnet.models.blocks import conv_stack
 
 
 class GlobalContextHead(nn.Module):
-    def __init__(self, channels: int, num_convs: int, num_classes: int) -> None:
+    def __init__(self, *, channels: int, num_convs: int, num_classes: int) -> None:
         super().__init__()
         self.blocks = conv_stack(channels, num_convs, residual=True)
         self.classifier = nn.Linear(channels, num_classes)
@@ -27,7 +27,7 @@ class GlobalContextHead(nn.Module):
     def loss(self, logits: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
         targets = torch.zeros_like(logits)
         for i, image_labels in enumerate(labels):
-            targets[i, image_labels.unique()] = 1.0
+            targets[i].index_fill_(0, image_labels, 1.0)  # the classes present (no unique(): no host read)
         return F.binary_cross_entropy_with_logits(logits, targets)
 
 

@@ -14,7 +14,7 @@ from scnet.models.blocks import ConvReLU, conv_stack
 
 
 class MaskHead(nn.Module):
-    def __init__(self, channels: int, num_convs: int, num_classes: int, *, residual: bool = False,
+    def __init__(self, *, channels: int, num_convs: int, num_classes: int, residual: bool = False,
                  feature_flow: bool = False) -> None:
         super().__init__()
         self.feature_flow = ConvReLU(channels, channels, 1) if feature_flow else None

@@ -6,7 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
+
+from scnet.models.nms import batched_nms
 
 
 def multiclass_nms(boxes: torch.Tensor, scores: torch.Tensor, *, score_thr: float, iou_thr: float,
@@ -82,13 +83,13 @@ def paste_masks_batched(probabilities: torch.Tensor, boxes: torch.Tensor, image_
     rights = (torch.ceil(x1) + 1).clamp(max=width)
     bottoms = (torch.ceil(y1) + 1).clamp(max=height)
     windows = torch.stack([lefts, tops, rights, bottoms], 1).to(torch.int64)
-    bounds = windows.cpu()  # the one host synchronisation
+    bounds = windows.tolist()  # the one host synchronisation
     start = 0
     while start < n:
         stop = start + 1
-        left, top, right, bottom = bounds[start].tolist()
+        left, top, right, bottom = bounds[start]
         while stop < n:
-            l2, t2, r2, b2 = bounds[stop].tolist()
+            l2, t2, r2, b2 = bounds[stop]
             area = (max(right, r2) - min(left, l2)) * (max(bottom, b2) - min(top, t2))
             if area * (stop + 1 - start) * 8 > chunk_bytes:
                 break

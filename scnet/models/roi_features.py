@@ -6,7 +6,9 @@ thread pool (the op releases the GIL); the result is identical, RoI by RoI.
 """
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from torchvision.ops import roi_align
@@ -21,6 +23,12 @@ def boxes_to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
     """[sum K, 5] rows of (image index, x1, y1, x2, y2)."""
     rows = [torch.cat([b.new_full((b.shape[0], 1), i), b[:, :4]], dim=1) for i, b in enumerate(boxes)]
     return torch.cat(rows) if rows else torch.zeros(0, 5)
+
+
+def image_blocks(counts: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each image's rows in RoIs stacked image after image, from the images' counts."""
+    stops = list(itertools.accumulate(counts))
+    return list(zip([0, *stops[:-1]], stops))
 
 
 def roi_levels(rois: torch.Tensor, num_levels: int) -> torch.Tensor:
@@ -52,17 +60,38 @@ def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: floa
     return out
 
 
-def multilevel_roi_align(features: list[torch.Tensor], rois: torch.Tensor, output_size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class LevelSplit:
+    """RoIs grouped by FPN level: `order` lists the RoI indices level by level (ascending within a
+    level), `counts` how many each level has."""
+
+    order: torch.Tensor
+    counts: list[int]
+
+
+def split_by_level(rois: torch.Tensor, num_levels: int = len(FEATURE_STRIDES)) -> LevelSplit:
+    """One sort and one host read of the level sizes; reusable for every pooling of the same RoIs."""
+    levels = roi_levels(rois, num_levels)
+    order = torch.sort(levels, stable=True).indices
+    per_level = levels[None, :] == torch.arange(num_levels, device=levels.device)[:, None]
+    return LevelSplit(order, per_level.sum(dim=1).tolist())
+
+
+def multilevel_roi_align(features: list[torch.Tensor], rois: torch.Tensor, output_size: int,
+                         split: LevelSplit | None = None) -> torch.Tensor:
     features = features[: len(FEATURE_STRIDES)]
     channels = features[0].shape[1]
     out = features[0].new_empty(rois.shape[0], channels, output_size, output_size)
     if rois.shape[0] == 0:
         return out
-    levels = roi_levels(rois, len(features))
-    for level, (feature, stride) in enumerate(zip(features, FEATURE_STRIDES)):
-        index = torch.nonzero(levels == level).flatten()
-        if index.numel():
+    if split is None:
+        split = split_by_level(rois, len(features))
+    start = 0
+    for feature, stride, count in zip(features, FEATURE_STRIDES, split.counts):
+        if count:
+            index = split.order[start:start + count]
             out[index] = _roi_align(feature, rois[index], output_size, 1.0 / stride)
+        start += count
     return out
 
 

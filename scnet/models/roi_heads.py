@@ -1,12 +1,11 @@
-"""The R-CNN part of the family: 1 or 3 box stages, mask branches placed by the sample-consistency
-flag, optional feature relay, global context and semantic fusion.
+"""The R-CNN part of the family: 1 or 3 box stages, the mask branches of the sample-consistency plan
+(`scnet.models.mask_plan`), and the feature relay, global context and semantic features they use.
 
-How the flags shape the computation (paper Eq. 1-2, Fig. 2-3):
-- sample_consistency="none": a mask branch per box stage, trained on that stage's positives; with
-  mask_flow="htc" the mask sees the stage's *refined* boxes and the previous mask branch's features.
-- "naive": the same number of 4-conv branches, all behind the last box stage (ensembled at test).
-- "effective": one deep residual branch behind the last stage, loss weight sum(alpha).
-- feature relay: per stage that has a mask branch (only the last one with sample consistency).
+Where the paper's components act: the cascade here, its training targets in `targets` and
+`sampling`; sample consistency in `mask_plan` (which stage feeds which mask branch, with which loss
+weight); the semantic branch (`semantic_head`) and global context (`global_context`) are added to every
+RoI feature in `_roi_features`; feature relay (`feature_relay`) to a mask branch's input in
+`_mask_loss` and `_mask_probabilities`.
 """
 from __future__ import annotations
 
@@ -21,12 +20,14 @@ from scnet.models.feature_relay import FeatureRelay
 from scnet.models.global_context import GlobalContextHead, add_context
 from scnet.models.losses import box_regression_loss
 from scnet.models.mask_head import MaskHead
+from scnet.models.mask_plan import MaskBranch, build_mask_plan
 from scnet.models.postprocess import multiclass_nms, paste_masks
-from scnet.models.roi_features import boxes_to_rois, multilevel_roi_align, single_level_roi_align
+from scnet.models.roi_features import (LevelSplit, boxes_to_rois, image_blocks, multilevel_roi_align,
+                                       single_level_roi_align, split_by_level)
 from scnet.models.semantic_head import STRIDE as SEMANTIC_STRIDE
 from scnet.models.semantic_head import SemanticHead
 from scnet.models.step_record import SamplingContext
-from scnet.models.targets import StageSamples, mask_targets, sample_stage
+from scnet.models.targets import StageSampler, StageSamples, mask_targets
 
 BOX_ROI_SIZE = 7
 MASK_ROI_SIZE = 14
@@ -36,29 +37,32 @@ MASK_TARGET_SIZE = 28
 class RoIHeads(nn.Module):
     def __init__(self, cfg: ModelConfig, num_levels: int) -> None:
         super().__init__()
-        self.cfg = cfg
-        ch = cfg.fpn_channels
-        self.box_heads = nn.ModuleList(
-            BoxHead(ch, BOX_ROI_SIZE, cfg.roi_fc_channels, cfg.num_classes, cfg.reg_class_agnostic)
-            for _ in range(cfg.stages))
-        effective = cfg.sample_consistency == "effective"
-        htc = cfg.mask_flow == "htc"
-        self.mask_heads = nn.ModuleList(
-            MaskHead(cfg.mask_channels, cfg.mask_convs, cfg.num_classes, residual=effective,
-                     feature_flow=htc and i > 0)
-            for i in range(cfg.num_mask_heads))
-        if cfg.mask_channels != ch:
+        if cfg.mask_channels != cfg.fpn_channels:
             raise ValueError("mask_channels must equal fpn_channels (RoI features feed the mask branch directly)")
+        self.cfg = cfg
+        self.plan = build_mask_plan(cfg)
+        ch = cfg.fpn_channels
+        self.samplers = tuple(
+            StageSampler(name=f"stage{t}", iou_thr=cfg.stage_iou_thresholds[t], low_quality=cfg.rcnn_match_low_quality,
+                         num=cfg.rcnn_samples_per_image, pos_fraction=cfg.rcnn_positive_fraction,
+                         stds=cfg.bbox_target_stds[t], num_classes=cfg.num_classes)
+            for t in range(cfg.stages))
+        self.box_heads = nn.ModuleList(
+            BoxHead(in_channels=ch, roi_size=BOX_ROI_SIZE, fc_channels=cfg.roi_fc_channels,
+                    num_classes=cfg.num_classes, class_agnostic=cfg.reg_class_agnostic)
+            for _ in range(cfg.stages))
+        self.mask_heads = nn.ModuleList(
+            MaskHead(channels=cfg.mask_channels, num_convs=cfg.mask_convs, num_classes=cfg.num_classes,
+                     residual=branch.deep, feature_flow=branch.flow_in)
+            for branch in self.plan.branches)
         self.feature_relays = nn.ModuleList(
-            FeatureRelay(cfg.roi_fc_channels, cfg.mask_channels)
-            for _ in range(self._num_relays())) if cfg.feature_relay else None
-        self.semantic_head = SemanticHead(ch, num_levels, cfg.semantic_convs, cfg.num_semantic_classes,
-                                          cfg.semantic_residual) if cfg.semantic else None
-        self.global_context = GlobalContextHead(ch, cfg.glbctx_convs, cfg.num_classes) \
+            FeatureRelay(fc_channels=cfg.roi_fc_channels, mask_channels=cfg.mask_channels)
+            for _ in range(self.plan.num_relays)) if self.plan.num_relays else None
+        self.semantic_head = SemanticHead(
+            channels=ch, num_levels=num_levels, num_convs=cfg.semantic_convs, num_classes=cfg.num_semantic_classes,
+            residual=cfg.semantic_residual) if cfg.semantic else None
+        self.global_context = GlobalContextHead(channels=ch, num_convs=cfg.glbctx_convs, num_classes=cfg.num_classes) \
             if cfg.global_context else None
-
-    def _num_relays(self) -> int:
-        return 1 if self.cfg.sample_consistency != "none" else self.cfg.stages
 
     # ----------------------------------------------------------------- shared pieces
     def _context(self, features: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None,
@@ -80,10 +84,11 @@ class RoIHeads(nn.Module):
 
     def _roi_features(self, features: list[torch.Tensor], rois: torch.Tensor, size: int,
                       semantic_feat: torch.Tensor | None, context: torch.Tensor | None,
-                      semantic_rois: torch.Tensor | None = None) -> torch.Tensor:
+                      semantic_rois: torch.Tensor | None = None, split: LevelSplit | None = None) -> torch.Tensor:
         """RoI features at `size`, plus the pooled semantic embedding and the global context vector.
-        `semantic_rois` passes `_semantic_rois(semantic_feat, rois)` in when the caller already has it."""
-        x = multilevel_roi_align(features, rois, size)
+        `semantic_rois` (`_semantic_rois(semantic_feat, rois)`) and `split` (`split_by_level(rois)`) pass
+        in what the caller already has for these RoIs."""
+        x = multilevel_roi_align(features, rois, size, split)
         if semantic_rois is None:
             semantic_rois = self._semantic_rois(semantic_feat, rois)
         # x is a fresh buffer; at inference the sums can go into it (same values, less memory traffic)
@@ -98,24 +103,20 @@ class RoIHeads(nn.Module):
             x = add_context(x, context, rois, in_place=in_place)
         return x
 
-    def _relay(self, relay_index: int, shared: torch.Tensor) -> torch.Tensor | None:
-        if self.feature_relays is None:
-            return None
-        return self.feature_relays[relay_index](shared)
-
     @staticmethod
-    def _refine(rois: torch.Tensor, deltas: torch.Tensor, stds: tuple[float, ...],
-                image_sizes: list[tuple[int, int]]) -> torch.Tensor:
-        boxes = torch.empty_like(rois[:, 1:])
-        for i, hw in enumerate(image_sizes):
-            index = rois[:, 0] == i
-            boxes[index] = box_coder.decode(rois[index, 1:], deltas[index], stds, hw)
+    def _refine(rois: torch.Tensor, deltas: torch.Tensor, stds: tuple[float, ...], image_sizes: list[tuple[int, int]],
+                blocks: list[tuple[int, int]]) -> torch.Tensor:
+        """The RoIs (one block of rows per image) regressed by `deltas` and clipped to their images."""
+        boxes = box_coder.clip_blocks_(box_coder.decode(rois[:, 1:], deltas, stds, None), blocks, image_sizes)
         return torch.cat([rois[:, :1], boxes], dim=1)
 
     # ----------------------------------------------------------------- training
     def loss(self, features: list[torch.Tensor], proposals: list[torch.Tensor], targets: list[dict],
              image_sizes: list[tuple[int, int]], semantic_targets: torch.Tensor | None,
              sampling: SamplingContext) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+        """Weighted losses, and the IoUs of the positives that reached a mask branch per feeding stage
+        (Figure 1). Each stage's mask branches train as soon as the stage is done (as in MMDetection,
+        and in the order its random draws follow)."""
         cfg = self.cfg
         losses: dict[str, torch.Tensor] = {}
         mask_ious: dict[int, torch.Tensor] = {}
@@ -132,57 +133,35 @@ class RoIHeads(nn.Module):
             losses["global_context"] = cfg.glbctx_weight * self.global_context.loss(context_logits, gt_labels)
 
         stage_proposals = proposals
-        for stage in range(cfg.stages):
+        for stage, sampler in enumerate(self.samplers):
             weight = cfg.stage_loss_weights[stage]
-            stds = cfg.bbox_target_stds[stage]
-            samples = sample_stage(stage_proposals, gt_boxes, gt_labels, iou_thr=cfg.stage_iou_thresholds[stage],
-                                   low_quality=cfg.rcnn_match_low_quality, num=cfg.rcnn_samples_per_image,
-                                   pos_fraction=cfg.rcnn_positive_fraction, stds=stds,
-                                   num_classes=cfg.num_classes, sampling=sampling, sampler_name=f"stage{stage}")
+            samples = sampler(stage_proposals, gt_boxes, gt_labels, sampling)
             box_feats = self._roi_features(features, samples.rois, BOX_ROI_SIZE, semantic_feat, context)
             logits, deltas, shared = self.box_heads[stage](box_feats)
             cls_loss, box_loss = self._box_losses(stage, logits, deltas, samples)
             sampling.record.accuracy[stage] = _accuracy(logits.detach(), samples.labels)
             losses[f"stage{stage}_cls"] = weight * cls_loss
             losses[f"stage{stage}_bbox"] = weight * box_loss
-            refined = None
-            if stage < cfg.stages - 1 or cfg.mask_flow == "htc":
-                refined = self._refined_proposals(stage, samples, logits.detach(), deltas.detach(), image_sizes)
-            if cfg.has_mask_per_stage:
-                mask_samples, relay_input = samples, shared[samples.is_positive]
-                if cfg.mask_flow == "htc":
-                    mask_samples = sample_stage(
-                        refined, gt_boxes, gt_labels, iou_thr=cfg.stage_iou_thresholds[stage],
-                        low_quality=cfg.rcnn_match_low_quality, num=cfg.rcnn_samples_per_image,
-                        pos_fraction=cfg.rcnn_positive_fraction, stds=stds, num_classes=cfg.num_classes,
-                        sampling=sampling, sampler_name=f"stage{stage}")
-                    relay_input = None
-                losses[f"stage{stage}_mask"] = weight * self._mask_loss(
-                    stage, features, mask_samples, gt_masks, semantic_feat, context, relay_input)
-                mask_ious[stage] = mask_samples.pos_iou.detach()
-            last_samples, last_shared = samples, shared
-            if refined is not None:
-                stage_proposals = refined
-
-        if not cfg.has_mask_per_stage:
-            last = cfg.stages - 1
-            mask_ious[last] = last_samples.pos_iou.detach()
-            relay_input = last_shared[last_samples.is_positive]
-            if cfg.sample_consistency == "effective":
-                losses["mask"] = cfg.mask_loss_weight * self._mask_loss(
-                    0, features, last_samples, gt_masks, semantic_feat, context, relay_input, relay_index=0)
-            else:
-                for head in range(cfg.num_mask_heads):
-                    losses[f"mask{head}"] = cfg.stage_loss_weights[head] * self._mask_loss(
-                        head, features, last_samples, gt_masks, semantic_feat, context, relay_input,
-                        relay_index=0)
+            if stage < cfg.stages - 1 or self.plan.resample_refined:
+                stage_proposals = self._refined_proposals(stage, samples, logits.detach(), deltas.detach(),
+                                                          image_sizes)
+            branches = self.plan.fed_by(stage)
+            if not branches:
+                continue
+            mask_samples = sampler(stage_proposals, gt_boxes, gt_labels, sampling) if self.plan.resample_refined \
+                else samples
+            relay_input = shared[samples.pos_rows] if any(b.relay is not None for b in branches) else None
+            for branch in branches:
+                losses[branch.loss_name] = branch.loss_weight * self._mask_loss(
+                    branch, features, mask_samples, gt_masks, semantic_feat, context, relay_input)
+            mask_ious[stage] = mask_samples.pos_iou.detach()
         return losses, mask_ious
 
     def _box_losses(self, stage: int, logits: torch.Tensor, deltas: torch.Tensor,
                     samples: StageSamples) -> tuple[torch.Tensor, torch.Tensor]:
         cls_loss = F.cross_entropy(logits, samples.labels)
-        pos = samples.is_positive
-        if pos.any():
+        if samples.num_positives:
+            pos = samples.pos_rows
             pred = self.box_heads[stage].select_deltas(deltas[pos], samples.labels[pos])
             box_loss = box_regression_loss(pred, samples.box_targets, self.cfg.rcnn_bbox_loss, beta=1.0)
         else:
@@ -194,30 +173,44 @@ class RoIHeads(nn.Module):
         """The next stage's proposals: every sampled RoI regressed by its class, ground truths removed."""
         labels = torch.where(samples.labels == self.cfg.num_classes, logits[:, :-1].argmax(1), samples.labels)
         chosen = self.box_heads[stage].select_deltas(deltas, labels)
-        rois = self._refine(samples.rois, chosen, self.cfg.bbox_target_stds[stage], image_sizes)
-        keep = ~samples.is_added_gt
-        return [rois[keep & (rois[:, 0] == i), 1:] for i in range(len(image_sizes))]
+        blocks = samples.blocks
+        rois = self._refine(samples.rois, chosen, self.cfg.bbox_target_stds[stage], image_sizes, blocks)
+        # each image's block starts with the ground truths it took as positives
+        return [rois[start + gts_taken:stop, 1:] for (start, stop), (_, _, gts_taken) in zip(blocks, samples.counts)]
 
-    def _mask_loss(self, head: int, features: list[torch.Tensor], samples: StageSamples,
+    def _mask_loss(self, branch: MaskBranch, features: list[torch.Tensor], samples: StageSamples,
                    gt_masks: list[torch.Tensor], semantic_feat: torch.Tensor | None, context: torch.Tensor | None,
-                   relay_input: torch.Tensor | None, relay_index: int | None = None) -> torch.Tensor:
+                   relay_input: torch.Tensor | None) -> torch.Tensor:
+        """The unweighted mask BCE of one branch on its stage's positives; without positives a zero that
+        still holds the branch's parameters (its head, relay and information flow) in the graph, as
+        MMDetection's zero-weighted terms do, so that DistributedDataParallel finds no unused parameter."""
+        if samples.num_positives == 0:
+            return self._zero_loss(branch)
         rois = samples.positive_rois
-        if rois.shape[0] == 0:
-            return sum(p.sum() for p in self.mask_heads[head].parameters()) * 0
         x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context)
-        if relay_input is not None and self.feature_relays is not None:
-            x = x + self._relay(head if relay_index is None else relay_index, relay_input)
-        if self.cfg.mask_flow == "htc":
-            previous = None
-            for earlier in range(head):
-                previous = self.mask_heads[earlier].features(x, previous)
-            logits = self.mask_heads[head](x, previous)
-        else:
-            logits = self.mask_heads[head](x)
+        if branch.relay is not None:
+            x = x + self.feature_relays[branch.relay](relay_input)
+        logits = self._branch_logits(branch, x)
         labels = samples.positive_labels
         chosen = logits[torch.arange(labels.numel(), device=labels.device), labels]
         target = mask_targets(samples, gt_masks, MASK_TARGET_SIZE).to(chosen.dtype)
         return F.binary_cross_entropy_with_logits(chosen, target)
+
+    def _zero_loss(self, branch: MaskBranch) -> torch.Tensor:
+        modules = [self.mask_heads[b.head] for b in self.plan.branches[:branch.head + 1]] if branch.flow_in \
+            else [self.mask_heads[branch.head]]
+        if branch.relay is not None:
+            modules.append(self.feature_relays[branch.relay])
+        return sum(p.sum() for module in modules for p in module.parameters()) * 0
+
+    def _branch_logits(self, branch: MaskBranch, x: torch.Tensor) -> torch.Tensor:
+        """Per-class mask logits of one branch from its input features (RoI features, plus the relay),
+        with HTC's information flow through the earlier branches."""
+        previous = None
+        if branch.flow_in:
+            for earlier in self.plan.branches[:branch.head]:
+                previous = self.mask_heads[earlier.head].features(x, previous)
+        return self.mask_heads[branch.head](x, previous)
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
@@ -226,60 +219,53 @@ class RoIHeads(nn.Module):
         cfg = self.cfg
         _, semantic_feat, _, context = self._context(features)
         rois = boxes_to_rois(proposals).to(features[0].device)
-        stage_logits = []
-        for stage in range(cfg.stages):
-            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context)
-            logits, deltas, _ = self.box_heads[stage](box_feats)
-            stage_logits.append(logits)
-            if stage < cfg.stages - 1:
-                chosen = self.box_heads[stage].select_deltas(deltas, logits[:, :-1].argmax(1))
-                rois = self._refine(rois, chosen, cfg.bbox_target_stds[stage], image_sizes)
-        scores = F.softmax(torch.stack(stage_logits).mean(0), dim=1)
+        blocks = image_blocks([p.shape[0] for p in proposals])
+        stage_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, deltas) per stage
+        for stage, head in enumerate(self.box_heads):
+            if stage_outputs:  # the previous stage's boxes, regressed by its best class
+                logits, deltas = stage_outputs[-1]
+                chosen = self.box_heads[stage - 1].select_deltas(deltas, logits[:, :-1].argmax(1))
+                rois = self._refine(rois, chosen, cfg.bbox_target_stds[stage - 1], image_sizes, blocks)
+            logits, deltas, _ = head(self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context))
+            stage_outputs.append((logits, deltas))
+        scores = F.softmax(torch.stack([logits for logits, _ in stage_outputs]).mean(0), dim=1)
+        boxes = self._decode_all_classes(rois[:, 1:], stage_outputs[-1][1], image_sizes, blocks)
         results = []
-        for i, hw in enumerate(image_sizes):
-            index = rois[:, 0] == i
-            boxes = self._decode_all_classes(rois[index, 1:], deltas[index], hw)
+        for start, stop in blocks:
             det_boxes, det_scores, det_labels = multiclass_nms(
-                boxes, scores[index], score_thr=cfg.test_score_thr, iou_thr=cfg.test_nms_iou,
+                boxes[start:stop], scores[start:stop], score_thr=cfg.test_score_thr, iou_thr=cfg.test_nms_iou,
                 max_per_image=cfg.test_max_per_image)
             results.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
         self._predict_masks(features, results, semantic_feat, context, image_sizes, image_metas)
         return results
 
-    def _decode_all_classes(self, boxes: torch.Tensor, deltas: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _decode_all_classes(self, boxes: torch.Tensor, deltas: torch.Tensor, image_sizes: list[tuple[int, int]],
+                            blocks: list[tuple[int, int]]) -> torch.Tensor:
+        """Every RoI's box for every class ([N, 4] class-agnostic, else [N, C*4]), all images at once."""
         stds = self.cfg.bbox_target_stds[-1]
-        if self.cfg.reg_class_agnostic:
-            return box_coder.decode(boxes, deltas, stds, hw)
-        n, c = boxes.shape[0], self.cfg.num_classes
-        repeated = boxes.repeat_interleave(c, dim=0)
-        return box_coder.decode(repeated, deltas.reshape(-1, 4), stds, hw).reshape(n, c * 4)
+        if not self.cfg.reg_class_agnostic:
+            n, c = boxes.shape[0], self.cfg.num_classes
+            boxes = box_coder.decode(boxes.repeat_interleave(c, dim=0), deltas.reshape(-1, 4), stds, None)
+            return box_coder.clip_blocks_(boxes.reshape(n, c * 4), blocks, image_sizes)
+        return box_coder.clip_blocks_(box_coder.decode(boxes, deltas, stds, None), blocks, image_sizes)
 
     def _mask_probabilities(self, features: list[torch.Tensor], rois: torch.Tensor,
                             semantic_feat: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor:
-        """Per-class mask probabilities [N, C, 28, 28] of the final boxes, ensembled over mask branches."""
-        cfg = self.cfg
-        semantic_rois = self._semantic_rois(semantic_feat, rois)  # shared by the mask and relay features
-        x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context, semantic_rois)
-        relays: list[torch.Tensor | None] = [None] * cfg.num_mask_heads
-        if self.feature_relays is not None:
-            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context, semantic_rois)
-            if cfg.sample_consistency != "none":
-                shared = self.box_heads[-1](box_feats)[2]
-                relays = [self._relay(0, shared)] * cfg.num_mask_heads
-            else:
-                relays = [self._relay(s, self.box_heads[s](box_feats)[2]) for s in range(cfg.stages)]
-        if cfg.mask_flow == "htc":
-            # MMDetection 3.3.0's HTC runs the mask information flow through every stage but, at test
-            # time, keeps only the last stage's prediction (its ensemble list is appended once, after
-            # the loop); we reproduce that so that HTC numbers stay comparable with its model zoo.
-            previous = None
-            for head in self.mask_heads:
-                previous = head.features(x, previous)
-            return self.mask_heads[-1].predict(previous).sigmoid()
-        probabilities = []
-        for head, relay in zip(self.mask_heads, relays):
-            inputs = x if relay is None else x + relay
-            probabilities.append(head(inputs).sigmoid())
+        """Per-class mask probabilities [N, C, 28, 28] of the final boxes: the mean over the plan's test
+        branches. A relay's box features come from re-running its feeding stage's box head on the final
+        boxes (as SCNet does)."""
+        # shared by the mask and relay features
+        semantic_rois, split = self._semantic_rois(semantic_feat, rois), split_by_level(rois)
+        x = self._roi_features(features, rois, MASK_ROI_SIZE, semantic_feat, context, semantic_rois, split)
+        branches = self.plan.test_branches
+        relays: dict[int, torch.Tensor] = {}  # relay index -> its output (naive SC shares one between branches)
+        if any(b.relay is not None for b in branches):
+            box_feats = self._roi_features(features, rois, BOX_ROI_SIZE, semantic_feat, context, semantic_rois, split)
+            for b in branches:
+                if b.relay is not None and b.relay not in relays:
+                    relays[b.relay] = self.feature_relays[b.relay](self.box_heads[b.stage](box_feats)[2])
+        probabilities = [self._branch_logits(b, x if b.relay is None else x + relays[b.relay]).sigmoid()
+                         for b in branches]
         if len(probabilities) == 1:
             return probabilities[0]
         return torch.stack(probabilities).mean(0)
@@ -296,7 +282,9 @@ class RoIHeads(nn.Module):
             boxes = result["boxes"]
             if image_metas is not None:
                 sx, sy = image_metas[i]["scale_factor"]
-                boxes = boxes / boxes.new_tensor([sx, sy, sx, sy])
+                scale = boxes.new_full((4,), sx)
+                scale[1::2] = sy  # made on the device: a tensor from a list would be a host-to-device copy
+                boxes = boxes / scale
                 hw = tuple(int(v) for v in image_metas[i]["ori_shape"][:2])
             result["boxes"] = boxes
             if count == 0:

@@ -13,7 +13,7 @@ STRIDE = 8
 
 
 class SemanticHead(nn.Module):
-    def __init__(self, channels: int, num_levels: int, num_convs: int, num_classes: int, residual: bool) -> None:
+    def __init__(self, *, channels: int, num_levels: int, num_convs: int, num_classes: int, residual: bool) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(ConvReLU(channels, channels, 1) for _ in range(num_levels))
         if residual:

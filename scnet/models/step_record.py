@@ -12,18 +12,24 @@ from dataclasses import dataclass, field
 
 import torch
 
-from scnet.models.sampling import TAKE_ALL, Sample
+from scnet.models.sampling import TAKE_ALL
 
 
 @dataclass
 class StepRecord:
-    samples: dict[str, list[dict[str, int]]] = field(default_factory=dict)
     accuracy: dict[int, torch.Tensor] = field(default_factory=dict)  # box stage -> percent correct (its `acc`)
     proposals: list[torch.Tensor] = field(default_factory=list)  # per image, what the first box stage got
+    # sampler -> one (positives, negatives) per call; tensors until read, so that recording costs the
+    # training step no wait on the device
+    _counts: dict[str, list[tuple[int | torch.Tensor, int | torch.Tensor]]] = field(default_factory=dict)
 
-    def add_sample(self, sampler: str, chosen: Sample) -> None:
-        self.samples.setdefault(sampler, []).append(
-            {"pos": int(chosen.pos_index.numel()), "neg": int(chosen.neg_index.numel())})
+    def add_sample(self, sampler: str, num_pos: int | torch.Tensor, num_neg: int | torch.Tensor) -> None:
+        self._counts.setdefault(sampler, []).append((num_pos, num_neg))
+
+    @property
+    def samples(self) -> dict[str, list[dict[str, int]]]:
+        """How many positives and negatives each sampler call took, as MMDetection's log reports them."""
+        return {name: [{"pos": int(p), "neg": int(n)} for p, n in calls] for name, calls in self._counts.items()}
 
 
 @dataclass
