@@ -23,7 +23,8 @@ from scnet import build_model
 
 def random_batch(batch: int, width: int, height: int, num_classes: int, semantic: bool, seed: int,
                  objects: int = 6) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Images 0..255 with `objects` filled rectangles each, and the matching targets."""
+    """uint8 images with `objects` filled rectangles each, and the matching targets, as the data
+    pipeline hands them over (uint8 image and semantic map)."""
     generator = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(batch):
@@ -35,7 +36,7 @@ def random_batch(batch: int, width: int, height: int, num_classes: int, semantic
         boxes = torch.stack([x1, y1, (x1 + w).clamp(max=width), (y1 + h).clamp(max=height)], dim=1)
         labels = torch.randint(0, num_classes, (objects,), generator=generator)
         masks = torch.zeros(objects, height, width, dtype=torch.uint8)
-        seg = torch.zeros(height, width, dtype=torch.int64)
+        seg = torch.zeros(height, width, dtype=torch.uint8)
         for k, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
             masks[k, b:d, a:c] = 1
             seg[b:d, a:c] = int(labels[k]) + 1
@@ -43,7 +44,7 @@ def random_batch(batch: int, width: int, height: int, num_classes: int, semantic
         target = {"boxes": boxes, "labels": labels, "masks": masks}
         if semantic:
             target["semantic_seg"] = seg
-        images.append(image)
+        images.append(image.to(torch.uint8))
         targets.append(target)
     return images, targets
 

@@ -443,3 +443,22 @@ def test_effective_mask_loss_is_sum_of_alpha_times_the_unweighted_bce():
     torch.testing.assert_close(default["mask"], 1.75 * unit["mask"])
     assert unit["stage1_cls"].item() == 0.0 and unit["stage2_cls"].item() == 0.0
     torch.testing.assert_close(default["stage0_cls"], unit["stage0_cls"])
+
+
+def test_bytes_in_give_the_float_inputs_losses_bit_for_bit():
+    """The data pipeline sends uint8 images and semantic maps; the model makes them float32 / int64
+    itself, so the losses equal those of the same whole-valued float32 images and int64 maps."""
+    model = _build("scnet", {})
+    images, targets = _batch()
+    images = [image.round() for image in images]
+    as_bytes = [image.to(torch.uint8) for image in images]
+    byte_targets = [dict(t, semantic_seg=t["semantic_seg"].to(torch.uint8)) for t in targets]
+    assert torch.equal(model.batch(as_bytes)[0], model.batch(images)[0])
+    model.train()
+    torch.manual_seed(0)
+    from_floats = model(images, targets)
+    torch.manual_seed(0)
+    from_bytes = model(as_bytes, byte_targets)
+    assert from_floats.keys() == from_bytes.keys()
+    for key in from_floats:
+        assert torch.equal(from_floats[key], from_bytes[key]), key
