@@ -7,6 +7,11 @@ Inputs are random images with random rectangular objects (no dataset needed); th
 trainer's (forward, backward, SGD update; AMP on CUDA unless --no-amp). The first `--warmup`
 iterations are not timed. Peak memory is `torch.cuda.max_memory_allocated` on CUDA and the
 process's peak resident set size on CPU. Not a test: numbers depend on the machine.
+
+With --floor (CPU) it also counts the step's convolution and matrix-multiply FLOPs, forward and backward
+(torch's FlopCounterMode), and divides them by this machine's float32 matrix-multiply rate measured at
+the same thread count: the time no implementation doing the same arithmetic beats here. The ratio
+s/iter / floor is what is left to win (RoIAlign, normalisation, element-wise ops, Python).
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from inference_speed import matmul_gflops
 from scnet import build_model
 
 
@@ -49,8 +56,17 @@ def random_batch(batch: int, width: int, height: int, num_classes: int, semantic
     return images, targets
 
 
+def count_step_gflop(model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]) -> float:
+    """Convolution and matrix-multiply GFLOP of one training forward + backward (weights untouched)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        sum(model(images, targets).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
 def measure(preset: str, device: torch.device, *, width: int, height: int, batch: int, iters: int, warmup: int,
-            amp: bool, num_classes: int) -> dict[str, object]:
+            amp: bool, num_classes: int, floor: bool = False) -> dict[str, object]:
     torch.manual_seed(0)
     model = build_model(preset, num_classes=num_classes, num_semantic_classes=num_classes + 1).to(device)
     model.train()
@@ -85,9 +101,16 @@ def measure(preset: str, device: torch.device, *, width: int, height: int, batch
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         name = f"cpu ({torch.get_num_threads()} threads)"
     times.sort()
-    return {"preset": preset, "device": name, "size": [width, height], "batch": batch, "amp": use_amp,
-            "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
-            "peak_memory_mb": peak_mb, "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"}
+    row: dict[str, object] = {
+        "preset": preset, "device": name, "size": [width, height], "batch": batch, "amp": use_amp,
+        "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
+        "peak_memory_mb": peak_mb, "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"}
+    if floor:
+        gflop = count_step_gflop(model, images, targets)
+        rate = matmul_gflops()
+        row.update(step_gflop=gflop, matmul_gflop_per_s=rate, floor_s_per_iter=gflop / rate,
+                   floor_ratio=row["s_per_iter_median"] / (gflop / rate))
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CPU, and CUDA too when present")
     parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="CPU: also the step's conv/FC GFLOP and their time at this CPU's matmul rate")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.floor and args.device == "cuda":
+        parser.error("--floor is a CPU figure (this CPU's matmul rate); use --device cpu or auto")
     devices = []
     if args.device in ("auto", "cpu"):
         devices.append(torch.device("cpu"))
@@ -113,10 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda", 0))
     for device in devices:
         row = measure(args.preset, device, width=args.size[0], height=args.size[1], batch=args.batch,
-                      iters=args.iters, warmup=args.warmup, amp=not args.no_amp, num_classes=args.num_classes)
+                      iters=args.iters, warmup=args.warmup, amp=not args.no_amp, num_classes=args.num_classes,
+                      floor=args.floor and device.type == "cpu")
         print(f"{row['preset']} on {row['device']}, {args.size[0]}x{args.size[1]} x{args.batch}"
               f"{' amp' if row['amp'] else ''}: {row['s_per_iter_mean']:.3f} s/iter "
               f"(median {row['s_per_iter_median']:.3f}), peak {row['peak_memory_mb']:.0f} MB ({row['memory_kind']})")
+        if "floor_s_per_iter" in row:
+            print(f"  floor: {row['step_gflop']:.1f} conv/FC GFLOP forward+backward at {row['matmul_gflop_per_s']:.0f} "
+                  f"GFLOP/s (float32 matmul here) = {row['floor_s_per_iter']:.3f} s/iter; "
+                  f"measured/floor = {row['floor_ratio']:.2f}")
         print(json.dumps(row))
     return 0
 
