@@ -8,6 +8,11 @@ trainer's (forward, one host copy of the logged losses, backward, SGD update thr
 AMP on CUDA unless --no-amp). The first `--warmup` iterations are not timed. Peak memory is
 `torch.cuda.max_memory_allocated` (and `max_memory_reserved`) on CUDA and the process's peak
 resident set size on CPU. Not a test: numbers depend on the machine.
+
+With --floor (CPU) it also counts the step's convolution and matrix-multiply FLOPs, forward and backward
+(torch's FlopCounterMode), and divides them by this machine's float32 matrix-multiply rate measured at
+the same thread count: the time no implementation doing the same arithmetic beats here. The ratio
+s/iter / floor is what is left to win (RoIAlign, normalisation, element-wise ops, Python).
 """
 from __future__ import annotations
 
@@ -20,13 +25,16 @@ import warnings
 from collections import Counter
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from inference_speed import matmul_gflops
 from scnet import build_model
 
 
 def random_batch(batch: int, width: int, height: int, num_classes: int, semantic: bool, seed: int,
                  objects: int = 6) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Images 0..255 with `objects` filled rectangles each, and the matching targets."""
+    """uint8 images with `objects` filled rectangles each, and the matching targets, as the data
+    pipeline hands them over (uint8 image and semantic map)."""
     generator = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(batch):
@@ -38,7 +46,7 @@ def random_batch(batch: int, width: int, height: int, num_classes: int, semantic
         boxes = torch.stack([x1, y1, (x1 + w).clamp(max=width), (y1 + h).clamp(max=height)], dim=1)
         labels = torch.randint(0, num_classes, (objects,), generator=generator)
         masks = torch.zeros(objects, height, width, dtype=torch.uint8)
-        seg = torch.zeros(height, width, dtype=torch.int64)
+        seg = torch.zeros(height, width, dtype=torch.uint8)
         for k, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
             masks[k, b:d, a:c] = 1
             seg[b:d, a:c] = int(labels[k]) + 1
@@ -46,9 +54,18 @@ def random_batch(batch: int, width: int, height: int, num_classes: int, semantic
         target = {"boxes": boxes, "labels": labels, "masks": masks}
         if semantic:
             target["semantic_seg"] = seg
-        images.append(image)
+        images.append(image.to(torch.uint8))
         targets.append(target)
     return images, targets
+
+
+def count_step_gflop(model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]) -> float:
+    """Convolution and matrix-multiply GFLOP of one training forward + backward (weights untouched)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        sum(model(images, targets).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
 
 
 # What torch.cuda.set_sync_debug_mode("warn") says at each host-device synchronisation.
@@ -75,9 +92,10 @@ def count_syncs(step) -> tuple[int, list[tuple[str, int]]]:
 
 
 def measure(preset: str, device: torch.device, *, width: int, height: int, batch: int, iters: int, warmup: int,
-            amp: bool, num_classes: int, syncs: bool = False) -> dict[str, object]:
+            amp: bool, num_classes: int, syncs: bool = False, floor: bool = False) -> dict[str, object]:
     """Timing, peak memory, every step's losses and the GradScaler's final scale; with `syncs`, also the
-    host-device synchronisations of one more (untimed) step."""
+    host-device synchronisations of one more (untimed) step; with `floor` (CPU), the step's conv/FC
+    GFLOP and the time they take at this machine's float32 matmul rate."""
     torch.manual_seed(0)
     model = build_model(preset, num_classes=num_classes, num_semantic_classes=num_classes + 1).to(device)
     model.train()
@@ -124,12 +142,19 @@ def measure(preset: str, device: torch.device, *, width: int, height: int, batch
         reserved_mb = None
         name = f"cpu ({torch.get_num_threads()} threads)"
     times.sort()
-    return {"preset": preset, "device": name, "size": [width, height], "batch": batch, "amp": use_amp,
-            "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
-            "peak_memory_mb": peak_mb, "peak_reserved_mb": reserved_mb,
-            "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
-            "losses": step_losses, "scaler_scale": float(scaler.get_scale()) if use_amp else None,
-            "syncs_per_step": sync_count, "sync_sites": sync_sites}
+    row: dict[str, object] = {
+        "preset": preset, "device": name, "size": [width, height], "batch": batch, "amp": use_amp,
+        "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
+        "peak_memory_mb": peak_mb, "peak_reserved_mb": reserved_mb,
+        "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
+        "losses": step_losses, "scaler_scale": float(scaler.get_scale()) if use_amp else None,
+        "syncs_per_step": sync_count, "sync_sites": sync_sites}
+    if floor:
+        gflop = count_step_gflop(model, images, targets)
+        rate = matmul_gflops()
+        row.update(step_gflop=gflop, matmul_gflop_per_s=rate, floor_s_per_iter=gflop / rate,
+                   floor_ratio=row["s_per_iter_median"] / (gflop / rate))
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CPU, and CUDA too when present")
     parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="CPU: also the step's conv/FC GFLOP and their time at this CPU's matmul rate")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.floor and args.device == "cuda":
+        parser.error("--floor is a CPU figure (this CPU's matmul rate); use --device cpu or auto")
     devices = []
     if args.device in ("auto", "cpu"):
         devices.append(torch.device("cpu"))
@@ -155,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda", 0))
     for device in devices:
         row = measure(args.preset, device, width=args.size[0], height=args.size[1], batch=args.batch,
-                      iters=args.iters, warmup=args.warmup, amp=not args.no_amp, num_classes=args.num_classes)
+                      iters=args.iters, warmup=args.warmup, amp=not args.no_amp, num_classes=args.num_classes,
+                      floor=args.floor and device.type == "cpu")
         print(f"{row['preset']} on {row['device']}, {args.size[0]}x{args.size[1]} x{args.batch}"
               f"{' amp' if row['amp'] else ''}: {row['s_per_iter_mean']:.3f} s/iter "
               f"(median {row['s_per_iter_median']:.3f}), peak {row['peak_memory_mb']:.0f} MB ({row['memory_kind']})")
+        if "floor_s_per_iter" in row:
+            print(f"  floor: {row['step_gflop']:.1f} conv/FC GFLOP forward+backward at {row['matmul_gflop_per_s']:.0f} "
+                  f"GFLOP/s (float32 matmul here) = {row['floor_s_per_iter']:.3f} s/iter; "
+                  f"measured/floor = {row['floor_ratio']:.2f}")
         print(json.dumps(row))
     return 0
 

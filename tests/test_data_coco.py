@@ -112,11 +112,11 @@ def test_polygon_compressed_and_uncompressed_rle_decode_to_their_pixels(root: Pa
     assert target["boxes"].tolist() == [[5, 5, 15, 15], [20, 18, 30, 25], [2, 20, 8, 28], [30, 2, 34, 6]]
 
 
-def test_image_is_float_rgb_of_the_file(root: Path) -> None:
+def test_image_is_uint8_rgb_of_the_file(root: Path) -> None:
     image, _, meta = CocoInstances(root, "train", semantic=None)[0]
     pixels = np.asarray(Image.open(root / "train2017" / "img1.png"))
-    assert image.dtype == torch.float32 and image.shape == (3, H, W)
-    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), pixels.astype(np.float32))
+    assert image.dtype == torch.uint8 and image.shape == (3, H, W)
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), pixels)
     assert meta["ori_shape"] == meta["img_shape"] == (H, W)
     assert meta["scale_factor"] == (1.0, 1.0) and meta["flip"] is False
 
@@ -131,7 +131,7 @@ def test_crowd_is_not_a_target_and_is_ignore_in_derived_semantic_map(root: Path)
     assert ds.num_semantic_classes == ds.num_classes + 1 == 4
     _, target, _ = ds[0]
     semantic = target["semantic_seg"].numpy()
-    assert semantic.dtype == np.int64
+    assert semantic.dtype == np.uint8
     crowd_only = CROWD_MASK.astype(bool) & ~OVERLAP_IN_CROWD.astype(bool)
     assert (semantic[crowd_only] == 255).all()
     assert (semantic[OVERLAP_IN_CROWD.astype(bool)] == 1 + 1).all()  # category 7 -> label 1 -> value 2
@@ -294,7 +294,8 @@ def test_stuff_maps_pass_through_with_183_classes(root: Path) -> None:
     write_stuff_maps(root, values)
     ds = CocoInstances(root, "train")
     assert ds.semantic_source == "stuff" and ds.num_semantic_classes == 183
-    np.testing.assert_array_equal(ds[0][1]["semantic_seg"].numpy(), values.astype(np.int64))
+    assert ds[0][1]["semantic_seg"].dtype == torch.uint8
+    np.testing.assert_array_equal(ds[0][1]["semantic_seg"].numpy(), values)
 
 
 def test_dataset_info_declares_the_stuff_map_class_count(root: Path) -> None:

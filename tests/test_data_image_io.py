@@ -141,7 +141,7 @@ def test_a_16bit_grey_dataset_image_is_the_model_input_of_its_high_byte(tmp_path
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
     image, _, _ = CocoInstances(root, "train", semantic=None)[0]
     for channel in range(3):
-        np.testing.assert_array_equal(image[channel].numpy(), (values >> 8).astype(np.float32))
+        np.testing.assert_array_equal(image[channel].numpy(), (values >> 8).astype(np.uint8))
 
 
 def test_empty_and_truncated_files_are_not_readable_images(tmp_path: Path) -> None:

@@ -144,15 +144,34 @@ def test_build_transforms_train_resizes_then_flips_eval_only_resizes() -> None:
     assert build_transforms(train=False, scale=None)(image, target, meta)[0] is image
 
 
-def test_pack_gives_the_model_float_rgb_and_tensors() -> None:
+def test_pack_gives_the_model_uint8_rgb_and_tensors() -> None:
     image, target, meta = sample()
     tensor, targets, packed_meta = pack(image, target, meta)
-    assert tensor.dtype == torch.float32 and tensor.shape == (3, H, W)
-    np.testing.assert_array_equal(tensor[0].numpy(), image[:, :, 2].astype(np.float32))  # R first
+    assert tensor.dtype == torch.uint8 and tensor.shape == (3, H, W)
+    np.testing.assert_array_equal(tensor[0].numpy(), image[:, :, 2])  # R first
     np.testing.assert_array_equal(uint8_bgr_chw(tensor), image.transpose(2, 0, 1))
-    assert targets["semantic_seg"].dtype == torch.int64 and targets["masks"].dtype == torch.uint8
+    np.testing.assert_array_equal(uint8_bgr_chw(tensor.float()), image.transpose(2, 0, 1))
+    assert targets["semantic_seg"].dtype == torch.uint8 and targets["masks"].dtype == torch.uint8
+    np.testing.assert_array_equal(targets["semantic_seg"].numpy(), target["semantic_seg"])
     assert targets["boxes"].dtype == torch.float32
     assert packed_meta["pad_shape"] == padded_shape((H, W)) == (32, 64)
+
+
+def test_pack_sends_one_byte_per_pixel_and_channel() -> None:
+    """A quarter of the float32 image and an eighth of the int64 map the pipeline sent before."""
+    image, target, meta = sample()
+    tensor, targets, _ = pack(image, target, meta)
+    assert tensor.numel() * tensor.element_size() == 3 * H * W
+    semantic = targets["semantic_seg"]
+    assert semantic.numel() * semantic.element_size() == H * W
+
+
+def test_a_semantic_map_of_more_than_255_classes_is_packed_as_int64() -> None:
+    image, target, meta = sample()
+    wide = target["semantic_seg"].astype(np.uint16)
+    wide[0, 0] = 300
+    _, targets, _ = pack(image, dict(target, semantic_seg=wide), meta)
+    assert targets["semantic_seg"].dtype == torch.int64 and int(targets["semantic_seg"][0, 0]) == 300
 
 
 def test_test_input_resizes_and_records_how_to_map_back() -> None:

@@ -101,16 +101,38 @@ def test_model_copies_after_cpu_inference():
         assert torch.equal(clone(x), head(x))
 
 
-@pytest.mark.usefixtures("two_threads")
-def test_threaded_roi_align_is_bit_identical():
-    """RoIs are shared out across threads at inference, with large ones interleaved with small ones."""
+def _roi_align_pass(fn, features: list[torch.Tensor], threads: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Output and input gradients (for a fixed, uneven output gradient) of `fn` on `threads` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        leaves = [f.clone().requires_grad_() for f in features]
+        out = fn(leaves)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(upstream)
+        return out.detach(), [leaf.grad for leaf in leaves]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_threaded_roi_align_is_torchvisions_forward_and_backward_bit_for_bit():
+    """RoIs are shared out across threads in the forward (large ones interleaved with small ones),
+    channels in the backward; one thread is torchvision's own kernel."""
     torch.manual_seed(0)
-    features = [torch.randn(1, 16, 64 // 2 ** i, 96 // 2 ** i) for i in range(4)]
+    features = [torch.randn(2, 16, 64 // 2 ** i, 96 // 2 ** i) for i in range(4)]
     xy = torch.rand(300, 2) * 200
     wh = torch.rand(300, 2) * 150 + 2
-    rois = torch.cat([torch.zeros(300, 1), xy, xy + wh], dim=1)
+    rois = torch.cat([torch.randint(0, 2, (300, 1)).float(), xy, xy + wh], dim=1)
     rois = rois[torch.argsort(wh.prod(1), descending=True)]  # like score-sorted proposals: costly ones first
-    default, shortcut = _default_and_shortcut(lambda: multilevel_roi_align(features, rois, 7))
-    assert torch.equal(default, shortcut)
-    default, shortcut = _default_and_shortcut(lambda: single_level_roi_align(features[1], rois, 14, 8))
-    assert torch.equal(default, shortcut)
+    cases = {"multilevel": lambda fs: multilevel_roi_align(fs, rois, 7),
+             "single level": lambda fs: single_level_roi_align(fs[1], rois, 14, 8),
+             "strided output gradient": lambda fs: single_level_roi_align(fs[1], rois, 14, 8)[:, :, ::2, ::2]}
+    for name, fn in cases.items():
+        out, grads = _roi_align_pass(fn, features, threads=1)
+        for threads in (2, 3):
+            threaded_out, threaded_grads = _roi_align_pass(fn, features, threads)
+            assert torch.equal(out, threaded_out), (name, threads)
+            for level, (grad, threaded) in enumerate(zip(grads, threaded_grads)):
+                assert (grad is None) == (threaded is None), (name, threads, level)
+                assert grad is None or torch.equal(grad, threaded), (name, threads, level)
+        assert grads[1].abs().sum() > 0

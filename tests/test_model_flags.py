@@ -497,3 +497,22 @@ def test_mask_plan_follows_the_stage_loss_weights():
     assert [r[3] for r in _plan_rows("scnet", alpha)] == [5.5]
     assert [r[3] for r in _plan_rows("cascade_mask_rcnn", dict(alpha, sample_consistency="naive"))] == [0.5, 2.0, 3.0]
     assert [r[3] for r in _plan_rows("htc", alpha)] == [0.5, 2.0, 3.0]
+
+
+def test_bytes_in_give_the_float_inputs_losses_bit_for_bit():
+    """The data pipeline sends uint8 images and semantic maps; the model makes them float32 / int64
+    itself, so the losses equal those of the same whole-valued float32 images and int64 maps."""
+    model = _build("scnet", {})
+    images, targets = _batch()
+    images = [image.round() for image in images]
+    as_bytes = [image.to(torch.uint8) for image in images]
+    byte_targets = [dict(t, semantic_seg=t["semantic_seg"].to(torch.uint8)) for t in targets]
+    assert torch.equal(model.batch(as_bytes)[0], model.batch(images)[0])
+    model.train()
+    torch.manual_seed(0)
+    from_floats = model(images, targets)
+    torch.manual_seed(0)
+    from_bytes = model(as_bytes, byte_targets)
+    assert from_floats.keys() == from_bytes.keys()
+    for key in from_floats:
+        assert torch.equal(from_floats[key], from_bytes[key]), key

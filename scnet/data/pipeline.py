@@ -9,9 +9,12 @@ The steps and their MMDetection counterparts:
   `cv2.resize(INTER_LINEAR)`, each mask and the stuff map with `cv2.resize(INTER_NEAREST)`; boxes
   multiplied by `scale_factor = (new_w / w, new_h / h)` in float32, then clipped to the new image;
 * `RandomFlip`: image, masks and map mirrored, `x1' = W - x2`, `x2' = W - x1`;
-* `PackDetInputs` + the model: here the uint8 BGR image becomes float32 RGB `[3, H, W]`
-  (BGR->RGB is the data preprocessor's first step); the model normalises and pads to a multiple of 32
-  itself (`pad_shape` below says to what). The semantic map is padded with 255 (`seg_pad_value`).
+* `PackDetInputs` + the model: here the uint8 BGR image becomes uint8 RGB `[3, H, W]` (BGR->RGB is
+  the data preprocessor's first step); the model converts it to float, normalises and pads to a
+  multiple of 32 itself, on its own device (`pad_shape` below says to what), as MMDetection's
+  `DetDataPreprocessor` does. The semantic map stays uint8 and is padded with 255 (`seg_pad_value`).
+  Bytes, not floats, cross the process and device boundaries: a quarter of a float32 image, an eighth
+  of an int64 map.
 
 A transform works on the numpy stage of a sample and is called `transform(image, target, meta,
 generator)`: `image` uint8 `[H, W, 3]` BGR; `target` numpy arrays `boxes` float32 `[N, 4]` xyxy,
@@ -204,19 +207,22 @@ def build_transforms(*, train: bool, scale: tuple[int, int] | None = DEFAULT_SCA
 
 # ---------------------------------------------------------------------------------------------- to the model
 def to_model_image(image_bgr: np.ndarray) -> Tensor:
-    """uint8 `[H, W, 3]` BGR -> the model's float32 `[3, H, W]` RGB, values 0..255."""
-    return torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1))).float()
+    """uint8 `[H, W, 3]` BGR -> the model's uint8 `[3, H, W]` RGB (the model makes it float on its device)."""
+    return torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1)))
 
 
 def pack(image: np.ndarray, target: dict[str, np.ndarray], meta: dict[str, Any]
          ) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
-    """The numpy stage -> the model's image, targets (docs/interfaces.md) and meta (+ `pad_shape`)."""
+    """The numpy stage -> the model's image, targets (docs/interfaces.md) and meta (+ `pad_shape`).
+
+    Arrays keep their dtype (uint8 masks and semantic map), except a semantic map of more than 255
+    classes (uint16, which torch barely supports): int64.
+    """
     tensors: dict[str, Tensor] = {}
     for key, value in target.items():
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-        if key == "semantic_seg":
-            tensor = tensor.long()
-        tensors[key] = tensor
+        if value.dtype == np.uint16:
+            value = value.astype(np.int64)
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
     img_shape = tuple(image.shape[:2])
     meta = dict(meta, img_shape=img_shape, pad_shape=padded_shape(img_shape))
     return to_model_image(image), tensors, meta
@@ -239,8 +245,11 @@ test_input.__test__ = False  # type: ignore[attr-defined]  # not a pytest test d
 
 # ---------------------------------------------------------------------------------------------- reports
 def uint8_bgr_chw(image: Tensor) -> np.ndarray:
-    """The model input back as MMDetection's resized uint8 BGR `[3, H, W]` (exact: values are whole)."""
-    return np.ascontiguousarray(image.detach().cpu().round().clamp(0, 255).to(torch.uint8).numpy()[::-1])
+    """The model input (uint8, or float with whole values) as MMDetection's resized uint8 BGR `[3, H, W]`."""
+    pixels = image.detach().cpu()
+    if pixels.is_floating_point():
+        pixels = pixels.round().clamp(0, 255)
+    return np.ascontiguousarray(pixels.to(torch.uint8).numpy()[::-1])
 
 
 def md5_hex(array: np.ndarray) -> str:

@@ -44,24 +44,26 @@ class Detector(nn.Module):
         self.last_step: StepRecord | None = None  # sample counts and accuracies of the latest training forward
 
     def batch(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Normalise each image, then zero-pad the batch to a common size divisible by 32."""
+        """Normalise each image (uint8 or float, 0..255) in float32 on its device, then zero-pad the
+        batch to a common size divisible by 32: MMDetection's data preprocessor, in its order."""
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         height = -(-max(h for h, _ in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
         width = -(-max(w for _, w in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
-        batch = images[0].new_zeros(len(images), 3, height, width)
+        batch = self.pixel_mean.new_zeros(len(images), 3, height, width)
         for i, im in enumerate(images):
-            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - self.pixel_mean) / self.pixel_std
+            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im.to(batch.dtype) - self.pixel_mean) / self.pixel_std
         return batch, sizes
 
     @staticmethod
     def _pad_semantic(targets: list[dict], shape: tuple[int, int]) -> torch.Tensor | None:
+        """The maps (uint8 from the data pipeline, or any integer type) as one int64 batch, 255 padding."""
         if not targets or "semantic_seg" not in targets[0] or targets[0]["semantic_seg"] is None:
             return None
         maps = [t["semantic_seg"] for t in targets]
-        out = maps[0].new_full((len(maps), *shape), 255)
+        out = torch.full((len(maps), *shape), 255, dtype=torch.long, device=maps[0].device)
         for i, m in enumerate(maps):
             out[i, : m.shape[-2], : m.shape[-1]] = m
-        return out.long()
+        return out
 
     def features(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """FPN levels P2-P6, in the standard memory layout.
@@ -77,7 +79,7 @@ class Detector(nn.Module):
         """`proposals` (training only): boxes [K, 4] per image in input pixels that replace the RPN's;
         the RPN then neither runs nor has losses (MMDetection's `given_proposals`)."""
         if not isinstance(images, (list, tuple)) or not images:
-            raise TypeError("images must be a non-empty list of [3, H, W] float tensors (RGB, 0..255)")
+            raise TypeError("images must be a non-empty list of [3, H, W] tensors (RGB, 0..255, uint8 or float)")
         batch, sizes = self.batch(list(images))
         features = self.features(batch)
         if self.training:

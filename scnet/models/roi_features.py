@@ -1,8 +1,13 @@
 """RoIAlign over the FPN level that matches each box's scale (MMDetection's SingleRoIExtractor:
 level = floor(log2(sqrt(area) / 56)), clamped to P2-P5; aligned=True, adaptive sampling).
 
-torchvision's CPU RoIAlign runs on one thread, so at inference on CPU the RoIs are split across a small
-thread pool (the op releases the GIL); the result is identical, RoI by RoI.
+torchvision's CPU RoIAlign runs on one thread, forward and backward, so with more than one torch thread
+the work is split across a small thread pool (the ops release the GIL): the forward by RoIs (each
+output RoI is computed alone), the backward by channels (a channel's input gradient only receives that
+channel's output gradients, summed in torchvision's order). Every number is torchvision's, bit for bit;
+one thread (`OMP_NUM_THREADS=1`, as the smoke harness runs two trainings on two cores) takes
+torchvision's own path. The backward is the costly half (about 9x the forward: torchvision recomputes
+the sampling geometry for every channel), about a quarter of a smoke training step.
 """
 from __future__ import annotations
 
@@ -43,21 +48,56 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+def _split_over_threads(feature: torch.Tensor, rois: torch.Tensor) -> bool:
+    return (feature.device.type == "cpu" and torch.get_num_threads() > 1
+            and rois.shape[0] >= 2 * _MIN_ROIS_PER_THREAD)
+
+
+def _forward_by_rois(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
     threads = torch.get_num_threads()
-    parallel = (feature.device.type == "cpu" and threads > 1 and rois.shape[0] >= 2 * _MIN_ROIS_PER_THREAD
-                and not torch.is_grad_enabled())
-    if not parallel:
-        return roi_align(feature, rois, size, spatial_scale=scale, sampling_ratio=0, aligned=True)
     # Strided shares, not contiguous chunks: proposals come sorted by score and the large, costly RoIs
     # bunch together, so contiguous chunks leave one thread with most of the work.
     shares = [rois[t::threads] for t in range(threads)]
     parts = list(_pool().map(
-        lambda r: roi_align(feature, r, size, spatial_scale=scale, sampling_ratio=0, aligned=True), shares))
+        lambda r: torch.ops.torchvision.roi_align(feature, r, scale, size, size, 0, True), shares))
     out = parts[0].new_empty(rois.shape[0], *parts[0].shape[1:])
     for t, part in enumerate(parts):
         out[t::threads] = part
     return out
+
+
+def _backward_by_channels(grad: torch.Tensor, rois: torch.Tensor, feature_shape: torch.Size, size: int,
+                          scale: float) -> torch.Tensor:
+    batch, channels, height, width = feature_shape
+    bounds = torch.linspace(0, channels, min(torch.get_num_threads(), channels) + 1).round().long().tolist()
+    chunks = list(zip(bounds[:-1], bounds[1:]))
+    parts = list(_pool().map(lambda c: torch.ops.torchvision._roi_align_backward(
+        grad[:, c[0]:c[1]], rois, scale, size, size, batch, c[1] - c[0], height, width, 0, True), chunks))
+    return torch.cat(parts, dim=1)
+
+
+class _ThreadedRoIAlign(torch.autograd.Function):
+    """torchvision's RoIAlign (aligned, adaptive sampling) with both passes split over threads."""
+
+    @staticmethod
+    def forward(ctx, feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(rois)
+        ctx.size, ctx.scale, ctx.feature_shape = size, scale, feature.shape
+        return _forward_by_rois(feature, rois, size, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rois,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return _backward_by_channels(grad, rois, ctx.feature_shape, ctx.size, ctx.scale), None, None, None
+
+
+def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+    if not _split_over_threads(feature, rois):
+        return roi_align(feature, rois, size, spatial_scale=scale, sampling_ratio=0, aligned=True)
+    return _ThreadedRoIAlign.apply(feature, rois, size, scale)
+
 
 
 @dataclass(frozen=True)
