@@ -276,7 +276,8 @@ def test_harness_backbone_weights_option(tmp_path, capsys):
 def test_run_training_starts_the_trunk_from_the_configured_file(tmp_path):
     from scnet.data import ensure_synthetic
     from scnet.engine import EvalConfig, Schedule, run_training
-    from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
+    from scnet.engine.checkpoint import load_checkpoint
+    from scnet.records.run_dir import RunDir
 
     data = ensure_synthetic(tmp_path / "shapes", seed=1, train=2, val=1, size=(128, 96))
     state = torchvision_file_state("resnet18")
@@ -287,7 +288,7 @@ def test_run_training_starts_the_trunk_from_the_configured_file(tmp_path):
                        schedule=Schedule(max_iters=1, batch_size=2, lr=1e-6, warmup_iters=0, checkpoint_every=1))
     run_training(config, tmp_path / "run", progress=False)
     assert f"backbone initialised from {weights}" in (tmp_path / "run" / "log.txt").read_text()
-    trained = load_checkpoint(last_checkpoint_path(tmp_path / "run"))["model"]
+    trained = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)["model"]
     # One step at lr 1e-6 leaves the trunk where the file put it (random init would be far away).
     for name in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
         assert torch.allclose(trained[f"backbone.{name}"], state[name], atol=1e-3), name

@@ -17,11 +17,12 @@ import pytest
 from experiments.executors import local
 from experiments.executors.base import cpus_of_this_task, loader_workers, train_in_this_process
 from experiments.executors.local import LocalExecutor, gpu_groups
-from experiments.profile import ProfileError, load_profile, profile_from_dict
-from experiments.run import local_gpu_groups
+from experiments.profile import ProfileError, profile_from_dict
+from experiments.plan import local_gpu_groups
 from experiments.runspec import UsageError, build_matrix, parse_overrides
 from experiments.status import State, read_attempt, run_status
-from scnet.records import read_result, write_config
+from scnet.records.result import read_result
+from scnet.records.run_dir import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "schedule.max_iters=2", "--set", "schedule.checkpoint_every=1", "--set", "schedule.log_every=1",

@@ -171,7 +171,7 @@ def test_an_output_folder_under_a_file_is_refused_before_anything_runs(option, t
 def test_dry_run_plan_prices_each_extra_seed():
     """--seeds N at paper scale: the footer says what one more seed costs (one seed's runs), beside the total."""
     from experiments.estimate import Throughput
-    from experiments.run import ClusterPlan
+    from experiments.plan import ClusterPlan
 
     plan = ClusterPlan(world=8, gpus=8, resources="8 GPUs", scale="paper", throughput=Throughput(assumed=4.0))
     three = build_matrix(["table3"], "paper", Path("/coco"), seeds=3)

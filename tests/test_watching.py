@@ -22,7 +22,7 @@ import torch
 
 from analysis.curves import load_run_curves, main as curves_main, plot_curves, save_curves, table_runs, use_log_scale
 from experiments.executors.queue import QueueEntry
-from experiments.locking import RunLock
+from scnet.engine.run_lock import RunLock
 from experiments.progress import STALL_FLOOR_S, STALL_INTERVALS, read_progress
 from experiments.run import main as run_main
 from experiments.runspec import run_config_for
