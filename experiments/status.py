@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from experiments.executors.queue import RUNNING_STATES, QueueEntry, QueueError, query_queue
-from scnet.engine.run_lock import lock_holder
 from experiments.progress import describe_progress
+from scnet.engine.run_lock import lock_holder
 from scnet.records.files import RecordError, read_json, write_json_atomic
 from scnet.records.result import read_result
 from scnet.records.run_dir import RunDir

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from scnet.engine.run_lock import RunLock, lock_holder
 from experiments.status import State, run_status
+from scnet.engine.run_lock import RunLock, lock_holder
 
 REPO = Path(__file__).resolve().parents[1]
 

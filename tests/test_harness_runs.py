@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from scnet.engine.run_lock import lock_holder
 from experiments.runspec import build_matrix, parse_overrides
+from scnet.engine.run_lock import lock_holder
 from scnet.records.result import read_result
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from experiments.status import State, run_status
 from scnet.engine import run_lock as locking
 from scnet.engine.run_lock import LockUnavailableError, RunLock, lock_holder
 from scnet.records.run_dir import RunDir
-from experiments.status import State, run_status
 
 REPO = Path(__file__).resolve().parents[1]
 

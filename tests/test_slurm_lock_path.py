@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from experiments.executors.slurm_job import TrainingJob
-from scnet.engine.run_lock import RunLock
 from experiments.profile import profile_from_dict
+from scnet.engine.run_lock import RunLock
 
 pytestmark = pytest.mark.slurm
 

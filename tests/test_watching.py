@@ -22,7 +22,6 @@ import torch
 
 from analysis.curves import load_run_curves, main as curves_main, plot_curves, save_curves, table_runs, use_log_scale
 from experiments.executors.queue import QueueEntry
-from scnet.engine.run_lock import RunLock
 from experiments.progress import STALL_FLOOR_S, STALL_INTERVALS, read_progress
 from experiments.run import main as run_main
 from experiments.runspec import run_config_for
@@ -30,9 +29,10 @@ from experiments.status import State, run_status
 from experiments.tables import rows_of
 from scnet.data import ensure_synthetic
 from scnet.engine import run_training
+from scnet.engine.run_lock import RunLock
 from scnet.engine.run_log import MetricsLineWarning, read_metrics
-from scnet.records.run_dir import RunDir
 from scnet.engine.tensorboard_log import NOT_SCALARS, open_tensorboard_log, tensorboard_installed
+from scnet.records.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {"schedule.max_iters": 6, "schedule.log_every": 2, "schedule.lr_steps": [4], "schedule.warmup_iters": 2,

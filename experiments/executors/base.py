@@ -18,9 +18,9 @@ from typing import Callable
 from tqdm import tqdm
 
 from experiments.executors.queue import QueueError, current_user
-from scnet.engine.run_lock import RunLock
 from experiments.runspec import UsageError
 from experiments.status import RunStatus, State, run_status, run_statuses
+from scnet.engine.run_lock import RunLock
 
 # How long squeue may keep failing (controller down, timeouts) before waiting gives up.
 QUEUE_GRACE_S = 600.0

@@ -28,8 +28,8 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from experiments.executors.base import Executor, OnEnd
-from scnet.engine.run_lock import INHERITED_LOCK_ENV, RunLock
 from experiments.status import RunStatus, State, last_iteration, run_status, write_attempt
+from scnet.engine.run_lock import INHERITED_LOCK_ENV, RunLock
 from scnet.records.files import RecordError
 from scnet.records.result import read_result
 from scnet.records.run_dir import RunDir, read_config

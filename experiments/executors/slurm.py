@@ -19,10 +19,10 @@ from pathlib import Path
 from experiments.executors.base import Executor, OnEnd, claim_run, wait_for_runs
 from experiments.executors.queue import slurm_available
 from experiments.executors.slurm_job import TrainingJob
-from scnet.engine.run_lock import RunLock
 from experiments.profile import SlurmProfile
 from experiments.runspec import UsageError
 from experiments.status import write_attempt
+from scnet.engine.run_lock import RunLock
 from scnet.records.run_dir import RunDir
 
 POLL_S = 5.0

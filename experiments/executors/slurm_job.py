@@ -29,8 +29,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from scnet.engine.run_lock import RunLock, RunLockedError, lock_holder
 from experiments.status import write_attempt
+from scnet.engine.run_lock import RunLock, RunLockedError, lock_holder
 from scnet.records.run_dir import RunDir
 
 
