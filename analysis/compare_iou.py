@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.iou import SHARE_THRESHOLDS, IoUDistribution, ks_statistic, wasserstein  # noqa: E402
-from scnet.records import IoURecords, RecordError, write_bytes_atomic  # noqa: E402
+from scnet.records.files import RecordError, write_bytes_atomic  # noqa: E402
+from scnet.records.iou import IoURecords  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ import pandas as pd  # noqa: E402
 from analysis.figure_files import save_figure  # noqa: E402
 from analysis.gather import SkippedRunWarning, find_run_files  # noqa: E402
 from analysis.matching import rows_for_model  # noqa: E402
-from experiments.tables import SCALES, TABLES, RowSpec, rows_of  # noqa: E402
+from experiments.tables import TABLES, RowSpec, rows_of  # noqa: E402
 from scnet.config import ConfigError  # noqa: E402
 from scnet.engine.cli_args import EXIT_USAGE  # noqa: E402
-from scnet.engine.run_config import RunConfig  # noqa: E402
-from scnet.engine.run_log import METRICS_FILE, ROW_FIELDS, read_metrics  # noqa: E402
-from scnet.records import (CONFIG_FILE, RESULT_FILE, OutputError, RecordError, check_writable_dir,  # noqa: E402
-                           read_config, read_json)
+from scnet.engine.run_config import SCALES, RunConfig  # noqa: E402
+from scnet.engine.run_log import ROW_FIELDS, read_metrics  # noqa: E402
+from scnet.records.files import OutputError, RecordError, check_writable_dir, read_json  # noqa: E402
+from scnet.records.run_dir import RunDir  # noqa: E402
 
 # A panel is drawn on a log scale when its largest value is more than this times its smallest.
 LOG_SPAN = 10.0
@@ -97,9 +97,9 @@ def use_log_scale(values: np.ndarray) -> bool:
 
 def _run_config(run_dir: Path) -> RunConfig | None:
     try:
-        return RunConfig.from_dict(read_config(run_dir))
+        return RunDir(run_dir).read_run_config()
     except (RecordError, ConfigError, TypeError, ValueError) as exc:
-        warnings.warn(f"{run_dir / CONFIG_FILE}: {exc}; no row label or lr steps for this run", SkippedRunWarning,
+        warnings.warn(f"{RunDir(run_dir).config_file}: {exc}; no row label or lr steps for this run", SkippedRunWarning,
                       stacklevel=3)
         return None
 
@@ -113,7 +113,7 @@ def _iters_per_epoch(frame: pd.DataFrame, run_dir: Path) -> int | None:
     if _last(frame, "iters_per_epoch") is not None:
         return _last(frame, "iters_per_epoch")
     try:  # rows written before the trainer logged it: a finished run's result.json has it
-        return int(read_json(run_dir / RESULT_FILE)["train"]["iters_per_epoch"])
+        return int(read_json(RunDir(run_dir).result_file)["train"]["iters_per_epoch"])
     except (RecordError, KeyError, TypeError, ValueError):
         return None
 
@@ -163,11 +163,11 @@ def load_run_curves(run_dir: str | Path, label: str | None = None) -> RunCurves 
     frame[SPEED] = frame.get("time", np.nan) + frame.get("data_time", 0.0)
     terms = [c for c in frame.columns if c not in ROW_FIELDS and c != SPEED and c != "loss"]
     loss_terms = tuple((["loss"] if "loss" in frame else []) + terms)
-    config = _run_config(run_dir) if (run_dir / CONFIG_FILE).exists() else None
+    config = _run_config(run_dir) if RunDir(run_dir).config_file.exists() else None
     lr_steps, total = _schedule_marks(config, frame, run_dir)
     if label is None:
         label = _all_rows_label(config) or run_dir.name
-    return RunCurves(label, run_dir, frame, loss_terms, tuple(lr_steps), total, (run_dir / RESULT_FILE).exists())
+    return RunCurves(label, run_dir, frame, loss_terms, tuple(lr_steps), total, RunDir(run_dir).result_file.exists())
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def table_runs(name: str, runs_root: str | Path, scale: str | None = None) -> Ta
         raise CurvesError(f"--runs {runs_root}: no such folder ; give the folder holding the run directories")
     table_rows = [row for row in rows_of(name) if row.run]
     matched: dict[Path, tuple[RunConfig, list[RowSpec]]] = {}
-    for config_path in find_run_files(runs_root, CONFIG_FILE):
+    for config_path in find_run_files(runs_root, RunDir.CONFIG):
         config = _run_config(config_path.parent)
         if config is None or (scale is not None and config.scale != scale):
             continue
@@ -306,9 +306,9 @@ def _gather(sources: Sequence[str], runs_root: str, scale: str | None) -> tuple[
         run_dir = Path(source)
         if not run_dir.is_dir():
             raise CurvesError(f"{source}: neither a run folder nor a table name ; give a run directory "
-                              f"(holding {METRICS_FILE}) or one of {', '.join(TABLES)}")
-        if not (run_dir / METRICS_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
-            raise CurvesError(f"{source}: no {METRICS_FILE} or {CONFIG_FILE} here, so not a run folder ; give "
+                              f"(holding {RunDir.METRICS}) or one of {', '.join(TABLES)}")
+        if not RunDir(run_dir).metrics_file.exists() and not RunDir(run_dir).config_file.exists():
+            raise CurvesError(f"{source}: no {RunDir.METRICS} or {RunDir.CONFIG} here, so not a run folder ; give "
                               f"a run directory (e.g. results/runs/<run id>) or a table name")
         run = load_run_curves(run_dir)
         if run is None:

@@ -32,8 +32,10 @@ from analysis.iou import IoUDistribution  # noqa: E402
 from analysis.paper import paper_lookup  # noqa: E402
 from analysis.spread import MARK, RULE, mean_std, within_spread  # noqa: E402
 from analysis.tables import infer_scale, runs_for  # noqa: E402
-from experiments.tables import SCALES, TABLE_NOTES, rows_of  # noqa: E402
-from scnet.records import IoURecords, RecordError, write_text_atomic  # noqa: E402
+from experiments.tables import TABLE_NOTES, rows_of  # noqa: E402
+from scnet.engine.run_config import SCALES  # noqa: E402
+from scnet.records.files import RecordError, write_text_atomic  # noqa: E402
+from scnet.records.iou import IoURecords  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 PAPER_THRESHOLD = 0.75

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from scnet.records import write_bytes_atomic  # noqa: E402
+from scnet.records.files import write_bytes_atomic  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, paths: Sequence[str | os.PathLike], *, dpi: int = 150) -> list[Path]:

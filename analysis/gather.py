@@ -14,10 +14,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis.matching import model_key
-from scnet.records import METRIC_KINDS, METRIC_NAMES, RESULT_FILE, RecordError, read_result
+from scnet.records.files import RecordError
+from scnet.records.result import METRIC_KINDS, METRIC_NAMES, RESULT_FILE, read_result
+from scnet.records.run_dir import RunDir
 
 # Folders that never hold a result.json of their own; skipping them keeps walks over big trees fast.
-_PRUNE = {"checkpoints", "__pycache__", ".git", "submitit", ".submitit"}
+_PRUNE = {RunDir.CHECKPOINTS, "__pycache__", ".git", RunDir.SUBMITIT, ".submitit"}
 
 BASE_COLUMNS = (
     "run_dir", "run_id", "preset", "scale", "seed", "model_key", "num_classes", "num_semantic_classes",

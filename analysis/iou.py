@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from scnet.records import IoURecords, RecordError, share_at_or_below_counts
+from scnet.records.files import RecordError
+from scnet.records.iou import IoURecords, share_at_or_below_counts
 
 SHARE_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 

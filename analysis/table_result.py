@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.spread import MARK
-from scnet.records import write_text_atomic
+from scnet.records.files import write_text_atomic
 
 COLUMN_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APS": "APS", "APM": "APM", "APL": "APL",
                  "APbb": "APbb", "speed_fps": "Speed (fps)", "share_le_0.75": "<= 0.75 (%)"}

@@ -22,7 +22,8 @@ from analysis.spread import mean_std, spread_note, within_spread
 from analysis.table_result import Cell, RowResult, TableResult
 from analysis.zoo import zoo_values_for_row
 from experiments.runspec import SCHEDULE
-from experiments.tables import SCALES, TABLE_COLUMNS, TABLE_NOTES, TABLE_TITLES, RowSpec, rows_of
+from experiments.tables import TABLE_COLUMNS, TABLE_NOTES, TABLE_TITLES, RowSpec, rows_of
+from scnet.engine.run_config import SCALES
 
 METRIC_COLUMN = {
     "AP": "segm_AP", "AP50": "segm_AP50", "AP75": "segm_AP75",

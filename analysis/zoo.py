@@ -111,10 +111,11 @@ class ZooCheck:
 
 def check_run(run_dir: str | os.PathLike, zoo: pd.DataFrame | None = None) -> ZooCheck:
     """A finished run beside the zoo; ConfigError (naming what differs) if the run is not a zoo model."""
-    from scnet.records import read_result
+    from scnet.records.result import read_result
+    from scnet.records.run_dir import RunDir
 
     zoo = load_zoo() if zoo is None else zoo
-    result = read_result(Path(run_dir) / "result.json")
+    result = read_result(RunDir(run_dir).result_file)
     config = result["config"]
     where = f"{run_dir}"
     schedule = schedule_name(config.get("schedule") or {})
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.zoo", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories (with result.json)")
     args = parser.parse_args(argv)
-    from scnet.records import RecordError
+    from scnet.records.files import RecordError
 
     try:
         checks = [check_run(run_dir) for run_dir in args.runs]

@@ -286,13 +286,13 @@ def _injected(result: dict[str, Any], fault: str | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- inference
 
 def _reference_model(preset: str, device: torch.device, reference: Path) -> torch.nn.Module:
-    from scnet.checkpoints import load_checkpoint
+    from scnet.checkpoints import load_weights
     from scnet.equivalence import write_reference_checkpoint
 
     model = build_model(preset).eval()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_reference_checkpoint(reference / f"{preset}.state_dict.json", Path(tmp) / "w.pth")
-        load_checkpoint(model, checkpoint, preset_name=preset)
+        load_weights(model, checkpoint, preset_name=preset)
     return model.to(device)
 
 
@@ -399,7 +399,7 @@ def check_run(device: torch.device, quick: bool) -> list[Row]:
     from scnet.data import ensure_synthetic
     from scnet.engine import EvalConfig, RunConfig, Schedule, preemption, run_training
     from scnet.engine.run_log import read_metrics
-    from scnet.records import read_env
+    from scnet.records.run_dir import RunDir, read_env
 
     total, stop_at, size = (6, 3, (128, 96)) if quick else (50, 20, (256, 192))
     row = Row("run", "scnet_r18_smoke", f"run_training, {total} iterations, stop + resume + eval")
@@ -415,7 +415,7 @@ def check_run(device: torch.device, quick: bool) -> list[Row]:
 
         def stop_partway() -> None:  # as a signal handler would: only the flag
             while not done.is_set():
-                metrics = run_dir / "metrics.jsonl"
+                metrics = RunDir(run_dir).metrics_file
                 rows = metrics.read_text().count("\n") if metrics.exists() else 0  # one line per iteration
                 if rows >= stop_at:
                     preemption.request_stop("gpu_check: stop partway")

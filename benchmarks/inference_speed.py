@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from scnet import build_model
-from scnet.checkpoints import load_checkpoint
+from scnet.checkpoints import load_weights
 from scnet.cpu_memory import keep_freed_memory
 from scnet.equivalence import write_reference_checkpoint
 from scnet.data.pipeline import test_input
@@ -36,7 +36,7 @@ def _reference_model_and_image(preset: str, device: str, reference: Path):
     model = build_model(preset).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_reference_checkpoint(reference / f"{preset}.state_dict.json", Path(tmp) / "w.pth")
-        load_checkpoint(model, ckpt)
+        load_weights(model, ckpt)
     model.to(device)
     image, meta = test_input(read_bgr(reference / "oracle" / "coffee_1200x800.png"))
     return model, image.to(device), meta

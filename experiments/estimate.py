@@ -17,8 +17,8 @@ from typing import Any, Mapping
 from experiments.runspec import UsageError
 from scnet.engine.run_config import RunConfig
 
-# train2017 images with annotations (MMDetection's count after dropping images without any); the
-# trainer also skips the few whose only annotations are crowds, so this is a slight overestimate.
+# train2017 images with at least one annotation: MMDetection's filter_empty_gt, which the trainer applies
+# too (scnet.data.coco; an image whose annotations are all crowds is kept and trains on background).
 COCO_TRAIN_IMAGES = 117_266
 # Training images per second per GPU at 1333x800 in fp32 (the default; --amp is faster), for a
 # cascade-style R50 model on a current data-centre GPU: a round planning figure, not a measurement.

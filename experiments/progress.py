@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from scnet.engine.run_log import LOG_FILE, METRICS_FILE, MetricsLineWarning, read_metrics
-from scnet.records import RecordError, read_config
+from scnet.engine.run_log import MetricsLineWarning, read_metrics
+from scnet.records.files import RecordError
+from scnet.records.run_dir import RunDir, read_config
 
 RECENT_ROWS = 3
 STALL_INTERVALS = 3
@@ -116,7 +117,7 @@ def _number(row: dict, key: str) -> float | None:
 
 
 def read_progress(run_dir: str | Path, *, now: float | None = None,
-                  signs_of_life: Sequence[str] = (METRICS_FILE, LOG_FILE)) -> Progress | None:
+                  signs_of_life: Sequence[str] = (RunDir.METRICS, RunDir.LOG)) -> Progress | None:
     """The run's progress (None before its first metrics row); a cut last line is skipped quietly.
     `signs_of_life`: the run's files whose last change shows it alive."""
     run_dir = Path(run_dir)
@@ -127,7 +128,7 @@ def read_progress(run_dir: str | Path, *, now: float | None = None,
     if not rows:
         return None
     latest = rows[-1]
-    record_age = _age_s(run_dir / METRICS_FILE, now) or 0.0
+    record_age = _age_s(RunDir(run_dir).metrics_file, now) or 0.0
     ages = [age for age in (_age_s(run_dir / name, now) for name in signs_of_life) if age is not None]
     speeds = [(_number(row, "time") or 0.0) + (_number(row, "data_time") or 0.0) for row in rows[-RECENT_ROWS:]]
     eta = _number(latest, "eta_s")
@@ -144,6 +145,6 @@ def read_progress(run_dir: str | Path, *, now: float | None = None,
 
 
 def describe_progress(run_dir: str | Path, *, now: float | None = None,
-                      signs_of_life: Sequence[str] = (METRICS_FILE, LOG_FILE)) -> str:
+                      signs_of_life: Sequence[str] = (RunDir.METRICS, RunDir.LOG)) -> str:
     progress = read_progress(run_dir, now=now, signs_of_life=signs_of_life)
     return progress.describe() if progress is not None else "no metrics row yet (starting)"

@@ -13,27 +13,26 @@ and a changed config is a new run. Usage errors exit with status 2 and one messa
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
-
-from experiments.estimate import (COCO_TRAIN_IMAGES, DEFAULT_IMAGES_PER_S_PER_GPU, Throughput, describe_resources,
-                                  estimate_run, read_throughput)
+from experiments.estimate import DEFAULT_IMAGES_PER_S_PER_GPU, read_throughput
 from experiments.executors import EXECUTORS, make_executor
 from experiments.executors.base import wait_for_runs
+from experiments.plan import ClusterPlan, local_gpu_groups, local_plan, slurm_plan
 from experiments.profile import SlurmProfile, load_profile
+from experiments.report import Reporter, print_matrix, print_tables
 from experiments.requirements import check_one_backbone, check_paper_requirements
-from experiments.runspec import (SCALES, RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root,
-                                 resolve_tables)
-from experiments.status import RunStatus, State, failure_report, run_statuses
+from experiments.runspec import RunSpec, UsageError, build_matrix, parse_overrides, resolve_data_root, resolve_tables
+from experiments.status import State, run_statuses
 from scnet.engine.cli_args import ArgumentParser, one_line
-from scnet.records import OutputError
+from scnet.engine.run_config import SCALES
+from scnet.records.files import OutputError, check_writable_dir
+from scnet.records.run_dir import RunDir
 
 EXIT_USAGE = 2
 
@@ -82,209 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# ------------------------------------------------------------------------------------------ output
-
-def _flags_width(matrix: list[RunSpec]) -> int:
-    return min(80, max((len(spec.describe()) for spec in matrix), default=10))
-
-
-def print_matrix(matrix: list[RunSpec], statuses: list[RunStatus], header: str, with_detail: bool,
-                 plan: "ClusterPlan | None" = None) -> None:
-    print(header)
-    width = _flags_width(matrix)
-    for spec, status in zip(matrix, statuses):
-        line = f"{spec.run_id}  {status.state.value:<8} {spec.describe():<{width}}  {spec.row_labels()}"
-        if with_detail:
-            extra = status.detail
-            if status.state is State.FAILED and status.log is not None:
-                extra = f"{extra}; log: {status.log}"
-            if extra:
-                line += f"\n{'':14}{extra}"
-        if plan is not None:
-            line += "".join(f"\n{'':14}{text}" for text in plan.run_lines(spec))
-        print(line)
-    counts = Counter(status.state for status in statuses)
-    summary = ", ".join(f"{counts[state]} {state.value}" for state in State if counts[state])
-    print(f"{len(matrix)} run(s): {summary or 'none'}")
-    if plan is not None:
-        todo = [spec for spec, status in zip(matrix, statuses) if status.state in (State.PENDING, State.FAILED)]
-        for text in plan.footer(matrix, todo):
-            print(text)
-
-
-class ClusterPlan:
-    """Where each run would train and what it asks for: one job per run (one array per table on
-    SLURM) with `world` processes, one per GPU."""
-
-    def __init__(self, *, world: int, gpus: int, resources: str, scale: str, throughput: Throughput,
-                 time_limit_min: int | None = None, max_requeue: int | None = None,
-                 runs_at_once: int | None = None, where: str = "") -> None:
-        self.world, self.gpus, self.resources, self.scale = world, gpus, resources, scale
-        self.where = where or resources
-        self.throughput = throughput
-        self.time_limit_min, self.max_requeue = time_limit_min, max_requeue
-        self.runs_at_once = runs_at_once
-
-    def batch_problem(self, spec: RunSpec) -> str | None:
-        batch = spec.config.schedule.batch_size
-        if batch % self.world:
-            return (f"schedule.batch_size={batch} (global) is not divisible by the run's {self.world} processes "
-                    f"({self.where}); ask for a number of GPUs that divides {batch}")
-        return None
-
-    def run_lines(self, spec: RunSpec) -> list[str]:
-        lines = [f"asks: {self.resources}"]
-        if self.scale == "paper":
-            estimate = estimate_run(spec.config, self.gpus,
-                                    images_per_s_per_gpu=self.throughput.for_run(spec.config),
-                                    time_limit_min=self.time_limit_min)
-            lines.append(f"cost: {estimate.describe()}")
-            if estimate.jobs is not None and self.max_requeue is not None and estimate.jobs - 1 > self.max_requeue:
-                lines.append(f"WARNING: needs {estimate.jobs - 1} requeues, more than max_requeue={self.max_requeue}; "
-                             "raise max_requeue or time in the profile")
-        problem = self.batch_problem(spec)
-        if problem:
-            lines.append(f"PROBLEM: {problem}")
-        return lines
-
-    def footer(self, matrix: list[RunSpec], todo: list[RunSpec]) -> list[str]:
-        if self.scale != "paper":
-            return []
-        def total(specs: list[RunSpec]) -> float:
-            return sum(estimate_run(s.config, self.gpus,
-                                    images_per_s_per_gpu=self.throughput.for_run(s.config)).gpu_hours
-                       for s in specs)
-        everything, remaining = total(matrix), total(todo)
-        at_once = ""
-        if self.runs_at_once and todo and self.gpus:
-            runs = min(len(todo), self.runs_at_once)
-            at_once = f"; at most {runs * self.gpus} GPUs at once ({runs} run(s) of {self.gpus})"
-        # Every seed trains the whole matrix once more (seeds 0..N-1), so one seed's runs are its price.
-        seeds = sorted({spec.config.seed for spec in matrix})
-        one_seed = [spec for spec in matrix if spec.config.seed == seeds[0]] if seeds else []
-        return [f"total: ~{everything:,.0f} GPU-h for {len(matrix)} run(s); still to run: ~{remaining:,.0f} GPU-h "
-                f"for {len(todo)} run(s){at_once}",
-                f"seeds: {len(seeds)}; each extra seed (--seeds {len(seeds) + 1}, ...) adds ~{total(one_seed):,.0f} "
-                f"GPU-h for {len(one_seed)} run(s); differences within the seeds' spread are marked in the tables",
-                f"{self.throughput.describe()}; {COCO_TRAIN_IMAGES:,} COCO train2017 images per epoch; "
-                "evaluation not included"]
-
-
-def slurm_plan(profile: SlurmProfile, scale: str, throughput: Throughput) -> ClusterPlan:
-    resources = describe_resources(profile.resources(), f"sbatch, profile {profile.source}")
-    return ClusterPlan(world=profile.world_size, gpus=profile.nodes * profile.gpus_per_node, resources=resources,
-                       scale=scale, throughput=throughput, time_limit_min=profile.time_min,
-                       max_requeue=profile.max_requeue, runs_at_once=profile.array_parallelism,
-                       where=f"{profile.nodes} node(s) x {profile.tasks_per_node} task(s), profile {profile.source}")
-
-
-def local_gpu_groups(scale: str, jobs: int, gpus_per_run: int | None) -> list[tuple[str, ...]] | None:
-    """The GPUs of each run trained at once by the local executor (None: one process per run).
-
-    At paper scale every visible GPU is used, one process each (as torchrun would), shared out over
-    --jobs; at smoke scale only when --gpus-per-run asks for it."""
-    from experiments.executors.local import gpu_groups, visible_gpus
-
-    if gpus_per_run == 0 or (gpus_per_run is None and scale != "paper"):
-        return None
-    gpus = visible_gpus()
-    if not gpus:
-        if gpus_per_run:
-            raise UsageError(f"--gpus-per-run {gpus_per_run}: no CUDA GPU is visible on this machine")
-        return None
-    per_run = gpus_per_run if gpus_per_run is not None else len(gpus) // jobs
-    if per_run < 1:
-        raise UsageError(f"--jobs {jobs}: more runs at once than the {len(gpus)} visible GPU(s); lower --jobs")
-    try:
-        return gpu_groups(gpus, per_run, jobs)
-    except ValueError as exc:
-        raise UsageError(f"--gpus-per-run/--jobs: {exc} (CUDA_VISIBLE_DEVICES selects GPUs)") from None
-
-
-def local_plan(groups: list[tuple[str, ...]] | None, scale: str, throughput: Throughput) -> ClusterPlan:
-    if groups:
-        resources = (f"this machine: {len(groups[0])} GPU(s) per run (CUDA_VISIBLE_DEVICES={','.join(groups[0])}"
-                     f"{' and others' if len(groups) > 1 else ''}), one process each")
-        return ClusterPlan(world=len(groups[0]), gpus=len(groups[0]), resources=resources, scale=scale,
-                           throughput=throughput, runs_at_once=len(groups),
-                           where=f"one per GPU of this machine's {len(groups[0])}-GPU group; --gpus-per-run to change")
-    return ClusterPlan(world=1, gpus=0, resources="this machine: one process per run, no GPU set aside",
-                       scale=scale, throughput=throughput)
-
-
-class Reporter:
-    """Says when a run ends; a failure comes with the tail of its log, and the others carry on."""
-
-    def __init__(self, matrix: list[RunSpec], runs_dir: Path, log_lines: int) -> None:
-        self.rows = {spec.run_dir(runs_dir): spec.row_labels() for spec in matrix}
-        self.log_lines = log_lines
-        self.failed: list[RunStatus] = []
-
-    def __call__(self, status: RunStatus) -> None:
-        rows = self.rows.get(status.run_dir, "")
-        if status.state is State.FAILED:
-            self.failed.append(status)
-            tqdm.write(f"[failed] {status.run_dir.name} ({rows})\n{failure_report(status, self.log_lines)}",
-                       file=sys.stderr)
-        elif status.in_flight:
-            tqdm.write(f"[{status.state.value}] {status.run_dir.name} ({rows}): {status.detail}", file=sys.stderr)
-        else:
-            detail = f": {status.detail}" if status.detail else ""
-            tqdm.write(f"[{status.state.value}] {status.run_dir.name} ({rows}){detail}", file=sys.stderr)
-
-
-def gather_matrix(matrix: list[RunSpec], runs_dir: Path):
-    """The finished runs of this matrix only (not every run under the runs folder) as a DataFrame."""
-    import pandas as pd
-
-    from analysis.gather import BASE_COLUMNS, gather_runs
-
-    frames = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for spec in matrix:
-            run_dir = spec.run_dir(runs_dir)
-            if (run_dir / "result.json").exists():
-                frames.append(gather_runs(run_dir))
-    if not frames:
-        return pd.DataFrame(columns=list(BASE_COLUMNS))
-    return pd.concat(frames, ignore_index=True)
-
-
-def print_tables(tables: list[str], matrix: list[RunSpec], runs_dir: Path, scale: str, out: Path) -> None:
-    from analysis.figure1 import build_figure1
-    from analysis.tables import build_table
-
-    runs_df = gather_matrix(matrix, runs_dir)
-    for name in tables:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if name == "figure1":
-                figure = build_figure1(runs_df, scale)
-                text = figure.to_markdown()
-                paths = figure.save(out / "figures" / f"figure1_{scale}.png")
-            else:
-                table = build_table(name, runs_df, scale)
-                text = table.to_markdown()
-                paths = table.write(out / "tables")
-        print(text)
-        for warning in caught:
-            print(f"note: {warning.message}", file=sys.stderr)
-        print(f"wrote {', '.join(str(p) for p in paths)}\n")
-
-
-# --------------------------------------------------------------------------------------------- main
-
-def prepare_run_dirs(matrix: list[RunSpec], runs_dir: Path) -> None:
-    """Each run's directory with its frozen config, written once (the config is the run's identity)."""
-    from scnet.records import write_config
-
-    for spec in matrix:
-        run_dir = spec.run_dir(runs_dir)
-        if not (run_dir / "config.json").exists():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(run_dir, spec.config.to_dict())
-
+# ------------------------------------------------------------------------------------------ checks
 
 def ensure_data(scale: str, data_root: Path, progress: bool) -> None:
     if scale != "smoke":
@@ -307,8 +104,6 @@ def ensure_data(scale: str, data_root: Path, progress: bool) -> None:
 
 def check_outputs(tables: list[str], runs_dir: Path, out: Path) -> None:
     """Every folder this invocation will write is writable now, not after hours of training."""
-    from scnet.records import OutputError, check_writable_dir
-
     folders = [(runs_dir, "--runs-dir")]
     if any(name != "figure1" for name in tables):
         folders.append((out / "tables", "--out"))
@@ -343,15 +138,41 @@ def check_gpus_here(executor_name: str) -> None:
         raise UsageError(f"--scale paper --executor {executor_name}: {exc}") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    tables = resolve_tables(args.tables)
+# ------------------------------------------------------------------------------------------ the request
+
+@dataclass
+class Request:
+    """One invocation, checked: the runs it names, where they train and where their outputs go."""
+
+    tables: list[str]
+    scale: str
+    executor: str
+    matrix: list[RunSpec]
+    runs_dir: Path
+    out: Path
+    data_root: Path
+    profile: SlurmProfile | None
+    gpu_groups: list[tuple[str, ...]] | None
+    plan: ClusterPlan
+    progress: bool
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [spec.run_dir(self.runs_dir) for spec in self.matrix]
+
+    @property
+    def header(self) -> str:
+        return f"{', '.join(self.tables)} at {self.scale} scale: {len(self.matrix)} run(s) in {self.runs_dir}"
+
+
+def choose_executor(args: argparse.Namespace) -> str:
+    """The executor the options ask for, and the options that only make sense with it."""
     executor_name = args.executor or ("slurm" if args.profile else "local")
     if executor_name == "slurm" and not args.profile:
         raise UsageError("--executor slurm needs --profile FILE (copy slurm/profiles/example.toml)")
     if args.profile and executor_name != "slurm":
         raise UsageError(f"--profile is for the SLURM executor; drop it or drop --executor {executor_name}")
-    inspecting = args.dry_run or args.status
-    if args.scale == "paper" and executor_name != "slurm" and args.executor is None and not inspecting:
+    if args.scale == "paper" and executor_name != "slurm" and args.executor is None and not _inspecting(args):
         raise UsageError("--scale paper trains on 8 GPUs per run through SLURM: pass --profile FILE "
                          "(see slurm/profiles/example.toml), or --executor local to train on this machine")
     if args.jobs is None:
@@ -360,13 +181,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs {args.jobs}: need at least 1")
     if args.gpus_per_run is not None and (args.gpus_per_run < 0 or executor_name != "local"):
         raise UsageError(f"--gpus-per-run {args.gpus_per_run}: " + ("need 0 or more" if args.gpus_per_run < 0 else
-                         f"for the local executor only (on SLURM the profile says how many GPUs)"))
-    throughput = read_throughput(args.images_per_s_per_gpu)
-    check_runs_dir(Path(args.runs_dir))
-    if executor_name in ("local", "inline") and args.scale == "paper" and not inspecting:
-        check_gpus_here(executor_name)
-    profile = load_profile(args.profile) if args.profile else None
-    data_root = resolve_data_root(args.scale, args.data)
+                         "for the local executor only (on SLURM the profile says how many GPUs)"))
+    return executor_name
+
+
+def _inspecting(args: argparse.Namespace) -> bool:
+    return args.dry_run or args.status
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
+    """--set, --amp and --backbone-weights as run-config fields for every run."""
     overrides = parse_overrides(args.set)
     if args.amp:
         overrides.setdefault("amp", True)
@@ -378,49 +202,70 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:  # named here, not as a --set error of the run config it would go into
             raise UsageError(f"--backbone-weights {weights_path} {problem}")
         overrides.setdefault("backbone_weights", str(weights_path))
-    matrix = build_matrix(tables, args.scale, data_root, args.seeds, overrides)
+    return overrides
+
+
+def make_request(args: argparse.Namespace) -> Request:
+    """Every check that needs no run folder, in the order a user fixes them; then the run matrix and
+    the plan of where it trains."""
+    tables = resolve_tables(args.tables)
+    executor_name = choose_executor(args)
+    throughput = read_throughput(args.images_per_s_per_gpu)
+    check_runs_dir(Path(args.runs_dir))
+    if executor_name in ("local", "inline") and args.scale == "paper" and not _inspecting(args):
+        check_gpus_here(executor_name)
+    profile = load_profile(args.profile) if args.profile else None
+    data_root = resolve_data_root(args.scale, args.data)
+    matrix = build_matrix(tables, args.scale, data_root, args.seeds, run_overrides(args))
     if args.backbone_weights:
         check_one_backbone(matrix, args.backbone_weights)
-    runs_dir = Path(args.runs_dir).resolve()
-    out = Path(args.out).resolve()
-    progress = not args.no_progress and sys.stderr.isatty()
-    run_dirs = [spec.run_dir(runs_dir) for spec in matrix]
-    header = f"{', '.join(tables)} at {args.scale} scale: {len(matrix)} run(s) in {runs_dir}"
-
     groups = local_gpu_groups(args.scale, args.jobs, args.gpus_per_run) if executor_name == "local" else None
     if profile is not None:
         plan = slurm_plan(profile, args.scale, throughput)
     else:
         plan = local_plan(groups, args.scale, throughput)
+    return Request(tables=tables, scale=args.scale, executor=executor_name, matrix=matrix,
+                   runs_dir=Path(args.runs_dir).resolve(), out=Path(args.out).resolve(), data_root=data_root,
+                   profile=profile, gpu_groups=groups, plan=plan,
+                   progress=not args.no_progress and sys.stderr.isatty())
 
-    if inspecting:
-        print_matrix(matrix, run_statuses(run_dirs), header, with_detail=args.status,
-                     plan=plan if args.dry_run and (args.scale == "paper" or profile or groups) else None)
-        return 0
+
+# ------------------------------------------------------------------------------------------ running
+
+def prepare_run_dirs(matrix: list[RunSpec], runs_dir: Path) -> None:
+    """Each run's directory with its frozen config, written once (the config is the run's identity)."""
+    for spec in matrix:
+        RunDir(spec.run_dir(runs_dir)).write_config_once(spec.config)
+
+
+def start_runs(request: Request, args: argparse.Namespace) -> Reporter:
+    """Check what the runs need (plan, data, outputs, executor), write their folders, start the ones
+    to run; every check comes before the first folder is written."""
     # At submission, not an hour into the queue: every process of a run takes an equal share of the batch.
-    problems = [problem for spec in matrix if (problem := plan.batch_problem(spec))]
+    problems = [problem for spec in request.matrix if (problem := request.plan.batch_problem(spec))]
     if problems:
         raise UsageError(problems[0])
-    check_paper_requirements(matrix)  # stuff maps, ImageNet weights: before anything is submitted
-
-    check_outputs(tables, runs_dir, out)
-    executor = make_executor(executor_name, runs_dir=runs_dir, jobs=len(groups) if groups else args.jobs,
-                             progress=progress, profile=profile, job_name=f"scnet-{'-'.join(tables)}"[:64],
-                             gpu_groups=groups)
+    check_paper_requirements(request.matrix)  # stuff maps, ImageNet weights: before anything is submitted
+    check_outputs(request.tables, request.runs_dir, request.out)
+    groups = request.gpu_groups
+    executor = make_executor(request.executor, runs_dir=request.runs_dir, jobs=len(groups) if groups else args.jobs,
+                             progress=request.progress, profile=request.profile,
+                             job_name=f"scnet-{'-'.join(request.tables)}"[:64], gpu_groups=groups)
     if args.no_wait and not executor.supports_no_wait:
         raise UsageError(f"--no-wait needs an executor that runs outside this process (local or slurm), "
-                         f"not {executor_name}")
+                         f"not {request.executor}")
+    run_dirs = request.run_dirs
     executor.check(runs=sum(s.state in (State.PENDING, State.FAILED) for s in run_statuses(run_dirs)))
-    ensure_data(args.scale, data_root, progress)
-    prepare_run_dirs(matrix, runs_dir)
+    ensure_data(request.scale, request.data_root, request.progress)
+    prepare_run_dirs(request.matrix, request.runs_dir)
 
     statuses = run_statuses(run_dirs)
     todo = [s.run_dir for s in statuses if s.state in (State.PENDING, State.FAILED)]
     elsewhere = [s for s in statuses if s.in_flight]
     counts = Counter(s.state for s in statuses)
-    print(f"{header}: {counts[State.DONE]} done, {len(elsewhere)} in flight elsewhere, {len(todo)} to run "
-          f"({executor_name})", file=sys.stderr)
-    reporter = Reporter(matrix, runs_dir, args.log_lines)
+    print(f"{request.header}: {counts[State.DONE]} done, {len(elsewhere)} in flight elsewhere, {len(todo)} to run "
+          f"({request.executor})", file=sys.stderr)
+    reporter = Reporter(request.matrix, request.runs_dir, args.log_lines)
     for status in elsewhere:
         reporter(status)
     if todo:
@@ -428,16 +273,21 @@ def run(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(f"started {len(todo)} run(s); follow them with: python -m experiments.run {' '.join(args.tables)} "
               f"--status (same options); run again without --no-wait to gather the table", file=sys.stderr)
-        return 0
+    return reporter
+
+
+def finish(request: Request, reporter: Reporter) -> int:
+    """Wait for the runs other processes train, print the tables; 1 if a run did not finish."""
+    run_dirs = request.run_dirs
     # Runs another invocation or job is training (found at the start, or taken meanwhile): wait for them.
     in_flight = [s.run_dir for s in run_statuses(run_dirs) if s.in_flight]
     if in_flight:
         print(f"waiting for {len(in_flight)} run(s) trained by another process or job", file=sys.stderr)
-        wait_for_runs(in_flight, reporter, poll_s=2.0 if executor_name != "slurm" else 5.0,
-                      progress=progress, desc="other runs")
+        wait_for_runs(in_flight, reporter, poll_s=2.0 if request.executor != "slurm" else 5.0,
+                      progress=request.progress, desc="other runs")
 
     final = run_statuses(run_dirs)
-    print_tables(tables, matrix, runs_dir, args.scale, out)
+    print_tables(request.tables, request.matrix, request.runs_dir, request.scale, request.out)
     failed = [s for s in final if s.state is State.FAILED]
     unfinished = [s for s in final if s.state is not State.DONE]
     if unfinished:
@@ -446,6 +296,19 @@ def run(args: argparse.Namespace) -> int:
               "ones resume from their last checkpoint.", file=sys.stderr)
         return 1
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    request = make_request(args)
+    if _inspecting(args):
+        shown = args.dry_run and (args.scale == "paper" or request.profile or request.gpu_groups)
+        print_matrix(request.matrix, run_statuses(request.run_dirs), request.header, with_detail=args.status,
+                     plan=request.plan if shown else None)
+        return 0
+    reporter = start_runs(request, args)
+    if args.no_wait:
+        return 0
+    return finish(request, reporter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

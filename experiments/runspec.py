@@ -16,9 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from experiments.tables import TABLES, RowSpec, preset_for, table_names
 from scnet.config import ConfigError
 from scnet.data.location import DEFAULT_SYNTHETIC_ROOT
-from scnet.engine.run_config import RunConfig, default_image_scale, default_schedule
+from scnet.engine.run_config import SCALES, RunConfig, default_image_scale, default_schedule
 
-SCALES = ("smoke", "paper")
 # The paper trains every model of Tables 1-5 for 20 epochs (lr /10 after 16 and 19).
 SCHEDULE = "20e"
 DEFAULT_SMOKE_DATA = DEFAULT_SYNTHETIC_ROOT  # the only path where smoke data is generated on first use

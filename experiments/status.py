@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from experiments.executors.queue import RUNNING_STATES, QueueEntry, QueueError, query_queue
-from experiments.locking import lock_holder
 from experiments.progress import describe_progress
-from scnet.records import RecordError, read_json, read_result, write_json_atomic
+from scnet.engine.run_lock import lock_holder
+from scnet.records.files import RecordError, read_json, write_json_atomic
+from scnet.records.result import read_result
+from scnet.records.run_dir import RunDir
 
-ATTEMPT_FILE = "attempt.json"
-LOG_FILE = "log.txt"
-METRICS_FILE = "metrics.jsonl"
-LAST_CHECKPOINT = Path("checkpoints") / "last.pth"
 # Files a live run keeps changing: the stall rule of `experiments.progress` measures silence on them.
-SIGNS_OF_LIFE = (METRICS_FILE, LOG_FILE, ATTEMPT_FILE)
+SIGNS_OF_LIFE = (RunDir.METRICS, RunDir.LOG, RunDir.ATTEMPT)
 
 
 class State(str, Enum):
@@ -59,11 +57,11 @@ def write_attempt(run_dir: Path, state: str, executor: str, **fields: Any) -> No
     """Record the harness's latest attempt at a run ('started', 'submitted', 'failed', 'finished')."""
     record = {"state": state, "executor": executor, "host": socket.gethostname(), "pid": os.getpid(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
-    write_json_atomic(Path(run_dir) / ATTEMPT_FILE, record)
+    write_json_atomic(RunDir(run_dir).attempt_file, record)
 
 
 def read_attempt(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / ATTEMPT_FILE
+    path = RunDir(run_dir).attempt_file
     if not path.exists():
         return None
     try:
@@ -90,7 +88,7 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def slurm_logs(run_dir: Path) -> list[Path]:
     """submitit's stderr files of the run's SLURM jobs, oldest first."""
-    folder = Path(run_dir) / "submitit"
+    folder = RunDir(run_dir).submitit
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*/*_log.err"), key=lambda p: p.stat().st_mtime)
@@ -99,7 +97,7 @@ def slurm_logs(run_dir: Path) -> list[Path]:
 def failure_report(status: RunStatus, lines: int = 20) -> str:
     """The failure's reason and the tail of its log(s), for the user to read without digging."""
     parts = [f"{status.run_dir.name}: {status.detail}"]
-    logs = [p for p in [status.run_dir / LOG_FILE, *slurm_logs(status.run_dir)[-1:]] if p.exists()]
+    logs = [p for p in [RunDir(status.run_dir).log_file, *slurm_logs(status.run_dir)[-1:]] if p.exists()]
     for log in logs:
         text = tail(log, lines)
         if text:
@@ -111,7 +109,7 @@ def failure_report(status: RunStatus, lines: int = 20) -> str:
 
 def last_iteration(run_dir: Path) -> int | None:
     """The latest training iteration logged in metrics.jsonl (None before the first log line)."""
-    text = tail(Path(run_dir) / METRICS_FILE, lines=1)
+    text = tail(RunDir(run_dir).metrics_file, lines=1)
     if not text:
         return None
     try:
@@ -142,9 +140,9 @@ def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
     """The run's state now; `queue` is a squeue snapshot (None: ask squeue if the run has a job,
     unless `queue_error` says squeue just failed)."""
     run_dir = Path(run_dir)
-    log = run_dir / LOG_FILE
+    log = RunDir(run_dir).log_file
     invalid = ""
-    if (run_dir / "result.json").exists():
+    if RunDir(run_dir).result_file.exists():
         try:
             result = read_result(run_dir)
             return RunStatus(run_dir, State.DONE, _headline(result), log)
@@ -182,7 +180,7 @@ def run_status(run_dir: Path, queue: dict[str, QueueEntry] | None = None,
         return RunStatus(run_dir, State.FAILED,
                          invalid + f"{where} ended without a result (killed, cancelled or out of time?)", log)
     resume = ""
-    if (run_dir / LAST_CHECKPOINT).exists():
+    if RunDir(run_dir).last_checkpoint.exists():
         at = last_iteration(run_dir)
         resume = f"resumes from its checkpoint{f' (logged up to iteration {at})' if at else ''}"
     return RunStatus(run_dir, State.PENDING, invalid + resume, log)

@@ -33,13 +33,14 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from scnet.config import ModelConfig
+from scnet.engine.run_config import SCALES
 from scnet.presets import resolve_config
+from scnet.records.result import METRIC_NAMES
 
 ARCHITECTURES = ("mask_rcnn", "cascade_mask_rcnn", "htc", "scnet")
 BACKBONES = ("r50", "r101", "x101_64x4d")
-SCALES = ("smoke", "paper")
 
-MASK_COLUMNS = ("AP", "AP50", "AP75", "APS", "APM", "APL")
+MASK_COLUMNS = METRIC_NAMES  # mask AP, AP50, AP75, APS, APM, APL: a result's COCO metrics
 # Table columns as in results/paper/paper_numbers.csv: AP.. are mask AP, APbb box AP, speed_fps images/s.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "table1": (*MASK_COLUMNS, "APbb", "speed_fps"),

@@ -19,6 +19,7 @@ from scnet.cpu_memory import keep_freed_memory
 from scnet.engine.cli_args import (ArgumentParser, add_model_arguments, default_scale, model_flags,
                                    report_user_error, user_errors)
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale
+from scnet.records.run_dir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("with --run, the weights are the run's checkpoints/last.pth and the results go to "
                                   "the run; to evaluate other weights give --checkpoint with --preset, --data and "
                                   "a new --out folder")
-            if not (args.run / "config.json").exists():
-                raise ConfigError(f"{args.run / 'config.json'}: not found; is {args.run} a run directory?")
+            if not RunDir(args.run).config_file.exists():
+                raise ConfigError(f"{RunDir(args.run).config_file}: not found; is {args.run} a run directory?")
         else:
             if args.checkpoint is None or args.preset is None or args.data is None or args.out is None:
                 raise ConfigError("give --run RUN_DIR, or --checkpoint with --preset, --data and --out")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from scnet.engine import distributed
     from scnet.engine.run_lock import hold_run_lock
     from scnet.engine.runner import evaluate_run
-    from scnet.records import check_writable_dir
+    from scnet.records.files import check_writable_dir
 
     try:
         check_writable_dir(run_dir, "--run" if args.run is not None else "--out")

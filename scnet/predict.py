@@ -4,7 +4,7 @@
         --image photo.jpg --score-thr 0.001 --out dets.json
     python -m scnet.predict --checkpoint runs/x/checkpoints/last.pth --image photo.jpg --out dets.json
 
-Our own checkpoints (a run's checkpoints/last.pth, `save_checkpoint` files) carry their model config,
+Our own checkpoints (a run's checkpoints/last.pth, `scnet.checkpoints.save_weights` files) carry their model config,
 so --preset is optional for them; MMDetection checkpoints need --preset. Class counts default to
 what the checkpoint's classifier tensors hold.
 """
@@ -27,7 +27,8 @@ from scnet.data.pipeline import test_input
 from scnet.engine.cli_args import ArgumentParser, interruptible, device_arg, report_user_error, user_errors
 from scnet.image_io import read_bgr
 from scnet.presets import resolve_config
-from scnet.records import check_new_output_file, write_json_atomic
+from scnet.records.files import write_json_atomic
+from scnet.records.run_dir import check_new_output_file
 
 
 def detections_to_coco(detections: dict, image_id: int | str, category_ids: tuple[int, ...] | None) -> list[dict]:

@@ -16,7 +16,8 @@ from scnet.config import ConfigError
 from scnet.engine.cli_args import (ArgumentParser, add_model_arguments, default_scale, model_flags,
                                    report_user_error, user_errors)
 from scnet.engine.run_config import EvalConfig, RunConfig, default_image_scale, default_schedule
-from scnet.records import OutputError, is_inside
+from scnet.records.files import OutputError, check_writable_dir, is_inside, read_json
+from scnet.records.run_dir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,16 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from scnet.engine import distributed
-    from scnet.engine.checkpoint import last_checkpoint_path
     from scnet.engine.device import check_device_usable
     from scnet.engine.run_lock import hold_run_lock
     from scnet.engine.runner import gpu_required_because, run_training
-    from scnet.records import check_writable_dir
 
     try:
         if args.config is not None:
-            from scnet.records import read_json
-
             try:
                 run_config = RunConfig.from_dict(read_json(args.config))
             except ConfigError as exc:
@@ -105,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.out is None:
                 raise ConfigError("--out RUN_DIR is required with --preset/--data")
             run_dir = args.out
-        if args.resume and not last_checkpoint_path(run_dir).exists() and not (run_dir / "result.json").exists():
-            raise ConfigError(f"--resume: {last_checkpoint_path(run_dir)} does not exist; nothing to resume")
+        folder = RunDir(run_dir)
+        if args.resume and not folder.last_checkpoint.exists() and not folder.result_file.exists():
+            raise ConfigError(f"--resume: {folder.last_checkpoint} does not exist; nothing to resume")
     except (*user_errors(), ValueError) as exc:
         parser.error(str(exc))  # one line, exit 2 (before any work)
     try:
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         return report_user_error(exc)
     except KeyboardInterrupt:
-        checkpoint = last_checkpoint_path(run_dir)
+        checkpoint = folder.last_checkpoint
         where = f"from its last checkpoint {checkpoint}" if checkpoint.exists() else "(no checkpoint yet: from the start)"
         print(f"\ninterrupted: run the same command again to resume {run_dir} {where}", file=sys.stderr)
         return 130

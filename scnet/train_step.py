@@ -41,7 +41,8 @@ from scnet.models.detector import Detector
 from scnet.models.sampling import SAMPLING_MODES
 from scnet.models.step_record import StepRecord
 from scnet.presets import resolve_config
-from scnet.records import atomic_write, check_new_output_file
+from scnet.records.files import atomic_write
+from scnet.records.run_dir import check_new_output_file
 
 _FIXED_NAMES = {"rpn_cls": "loss_rpn_cls", "rpn_bbox": "loss_rpn_bbox", "semantic": "loss_semantic_seg",
                 "global_context": "loss_glbctx", "mask": "loss_mask"}

@@ -1,6 +1,8 @@
 """Fixtures shared by several test modules."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 
@@ -15,3 +17,22 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def harness(capsys):
+    """`python -m experiments.run ARGS` in this process, answering as `subprocess.run` would (exit status,
+    stdout, stderr): argument checks and dry runs need no process of their own. Tests of locks, signals
+    and kill-and-resume start real processes."""
+    from experiments.run import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors: one line, exit 2
+            code = exc.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["python", "-m", "experiments.run", *args], code, out.out, out.err)
+
+    return run

@@ -10,7 +10,6 @@ graph would stall the all-reduce or fail DDP's next forward (`find_unused_parame
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

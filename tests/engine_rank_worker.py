@@ -25,7 +25,7 @@ import torch
 
 from scnet.engine import preemption, runner
 from scnet.engine.run_config import RunConfig
-from scnet.records import read_config
+from scnet.records.run_dir import read_config
 
 FAULT_AT = 3
 SLOW_START_S = 8.0

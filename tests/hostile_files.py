@@ -3,7 +3,6 @@ opcode, wrapped in the zip or legacy layout torch.save uses. Nothing here alloca
 only *claim* large sizes."""
 from __future__ import annotations
 
-import io
 import pickle
 import struct
 import zipfile

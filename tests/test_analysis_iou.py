@@ -14,7 +14,7 @@ from analysis.figure1 import build_figure1
 from analysis.figure1 import main as figure1_main
 from analysis.gather import SkippedRunWarning, gather_runs
 from analysis.iou import IoUDistribution, ks_statistic, wasserstein
-from scnet.records import IoURecorder, IoURecords
+from scnet.records.iou import IoURecorder, IoURecords
 from tests.test_analysis_tables import make_run, spec
 
 

@@ -15,7 +15,8 @@ from analysis import tables as tables_cli
 from analysis.gather import SkippedRunWarning, gather_runs
 from analysis.tables import DuplicateRunWarning, build_table
 from experiments.tables import TABLES, model_config_for
-from scnet import records
+from scnet.records.result import write_result
+from scnet.records.run_dir import write_config
 
 
 def spec(table: str, label: str, backbone: str = "r50"):
@@ -30,8 +31,8 @@ def make_run(root: Path, name: str, row, seed: int = 0, *, scale: str = "smoke",
     segm = {"AP": segm_ap, "AP50": segm_ap + 20, "AP75": segm_ap + 2, "APS": aps, "APM": segm_ap + 1,
             "APL": segm_ap + 5}
     bbox = dict(segm, AP=bbox_ap)
-    records.write_config(run_dir, {"model": model.to_dict(), "seed": seed, "scale": scale})
-    records.write_result(run_dir, {
+    write_config(run_dir, {"model": model.to_dict(), "seed": seed, "scale": scale})
+    write_result(run_dir, {
         "config": {"model": model.to_dict(), "preset": f"{row.architecture}_x", "scale": scale, "seed": seed,
                    "data": {"root": "data/shapes"}, "schedule": {"iterations": 20}},
         "metrics": {"bbox": bbox, "segm": segm},

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -230,22 +227,17 @@ def _fake_coco(root: Path, stuff: bool) -> Path:
     return root
 
 
-def _harness(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path / "th")}
-    return subprocess.run([sys.executable, "-m", "experiments.run", *args, "--runs-dir", str(tmp_path / "runs"),
-                           "--profile", str(REPO / "slurm" / "profiles" / "example.toml")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-
-
-def test_harness_refuses_paper_runs_without_weights_before_submitting(tmp_path):
+def test_harness_refuses_paper_runs_without_weights_before_submitting(harness, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     coco = _fake_coco(tmp_path / "coco", stuff=True)
-    done = _harness(tmp_path, "table4", "--scale", "paper", "--data", str(coco))
+    where = ("--runs-dir", str(tmp_path / "runs"), "--profile", str(REPO / "slurm" / "profiles" / "example.toml"))
+    done = harness("table4", "--scale", "paper", "--data", str(coco), *where)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and "ImageNet backbone weights missing" in done.stderr
     assert "python -m scnet.weights fetch --preset cascade_mask_rcnn_r50 --preset mask_rcnn_r50" in done.stderr
     assert not (tmp_path / "runs").exists()
     # --dry-run still lists the matrix (nothing is submitted).
-    assert _harness(tmp_path, "table4", "--scale", "paper", "--data", str(coco), "--dry-run").returncode == 0
+    assert harness("table4", "--scale", "paper", "--data", str(coco), "--dry-run", *where).returncode == 0
 
 
 def test_harness_backbone_weights_option(tmp_path, capsys):
@@ -276,7 +268,8 @@ def test_harness_backbone_weights_option(tmp_path, capsys):
 def test_run_training_starts_the_trunk_from_the_configured_file(tmp_path):
     from scnet.data import ensure_synthetic
     from scnet.engine import EvalConfig, Schedule, run_training
-    from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
+    from scnet.engine.checkpoint import load_checkpoint
+    from scnet.records.run_dir import RunDir
 
     data = ensure_synthetic(tmp_path / "shapes", seed=1, train=2, val=1, size=(128, 96))
     state = torchvision_file_state("resnet18")
@@ -287,7 +280,7 @@ def test_run_training_starts_the_trunk_from_the_configured_file(tmp_path):
                        schedule=Schedule(max_iters=1, batch_size=2, lr=1e-6, warmup_iters=0, checkpoint_every=1))
     run_training(config, tmp_path / "run", progress=False)
     assert f"backbone initialised from {weights}" in (tmp_path / "run" / "log.txt").read_text()
-    trained = load_checkpoint(last_checkpoint_path(tmp_path / "run"))["model"]
+    trained = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)["model"]
     # One step at lr 1e-6 leaves the trunk where the file put it (random init would be far away).
     for name in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
         assert torch.allclose(trained[f"backbone.{name}"], state[name], atol=1e-3), name

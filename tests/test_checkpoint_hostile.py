@@ -1,5 +1,5 @@
 """Hostile checkpoint files (issue 15, items 1-4): whatever a file holds, reading it ends in one
-CheckpointError line, at a cost bounded by the file's size, without running or extracting anything.
+WeightsError line, at a cost bounded by the file's size, without running or extracting anything.
 
 Files that would blow up an unbounded loader are read in a subprocess limited to 1 GiB more address
 space than it starts with and to a timeout, so a regression fails fast instead of eating the machine.
@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from tests import hostile_files as h
-from scnet.checkpoints.loading import CheckpointError, read_checkpoint_file, read_weights
-from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
+from scnet.checkpoints.loading import WeightsError, read_checkpoint_file, read_weights
+from scnet.checkpoints.torch_file import read_torch_file
 from scnet.messages import shorten
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,12 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 # Read one file with every byte of headroom above 1 GiB refused; print the outcome on one line.
 _CHILD = """
 import resource, sys
-from scnet.checkpoints.loading import CheckpointError, read_weights
+from scnet.checkpoints.loading import WeightsError, read_weights
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
 try:
     weights = read_weights(sys.argv[1])
-except CheckpointError as exc:
+except WeightsError as exc:
     print("error:", exc)
     sys.exit(2)
 print("loaded", repr(weights.meta)[:200])
@@ -49,7 +49,7 @@ def read_in_child(path: Path, timeout: float = 120) -> tuple[int, str]:
 
 
 def refused(path: Path, match: str) -> str:
-    with pytest.raises(CheckpointError, match=match) as err:
+    with pytest.raises(WeightsError, match=match) as err:
         read_checkpoint_file(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message
@@ -219,16 +219,16 @@ def test_the_legacy_tar_format_is_refused_without_extracting(tmp_path, monkeypat
 
 def test_non_string_state_dict_keys_are_one_line(tmp_path):
     torch.save({0: torch.zeros(1), 1: torch.ones(1)}, tmp_path / "ints.pth")
-    with pytest.raises(CheckpointError, match=r"key that is 0, not a tensor name"):
+    with pytest.raises(WeightsError, match=r"key that is 0, not a tensor name"):
         read_weights(tmp_path / "ints.pth", format="native")
     torch.save({"state_dict": {("a", 1): torch.zeros(1)}}, tmp_path / "tuple.pth")
-    with pytest.raises(CheckpointError, match=r"key that is a tuple"):
+    with pytest.raises(WeightsError, match=r"key that is a tuple"):
         read_weights(tmp_path / "tuple.pth", format="mmdet")
 
 
 def test_non_finite_weights_are_named_at_load(tmp_path):
     torch.save({"state_dict": {"rpn_head.rpn_conv.weight": torch.tensor([1.0, float("nan")])}}, tmp_path / "nan.pth")
-    with pytest.raises(CheckpointError, match="'rpn_head.rpn_conv.weight' .* NaN or infinite"):
+    with pytest.raises(WeightsError, match="'rpn_head.rpn_conv.weight' .* NaN or infinite"):
         read_weights(tmp_path / "nan.pth")
 
 

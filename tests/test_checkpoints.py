@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scnet import build_model
-from scnet.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from scnet.checkpoints import WeightsError, load_weights, save_weights
 from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
 
 SMOKE = dict(num_classes=3, num_semantic_classes=4)
@@ -22,9 +22,9 @@ SMOKE = dict(num_classes=3, num_semantic_classes=4)
 def test_native_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model("scnet_r18_smoke", **SMOKE)
-    path = save_checkpoint(tmp_path / "m.pth", model, iteration=7)
+    path = save_weights(tmp_path / "m.pth", model, iteration=7)
     other = build_model("scnet_r18_smoke", **SMOKE)
-    meta = load_checkpoint(other, path)
+    meta = load_weights(other, path)
     assert meta["iteration"] == 7
     for k, v in model.state_dict().items():
         assert torch.equal(v, other.state_dict()[k]), k
@@ -32,9 +32,9 @@ def test_native_round_trip(tmp_path):
 
 def test_checkpoint_of_another_architecture_names_the_right_preset(tmp_path):
     model = build_model("scnet_r18_smoke", **SMOKE)
-    path = save_checkpoint(tmp_path / "m.pth", model, preset="scnet_r18_smoke")
-    with pytest.raises(CheckpointError, match=r"try --preset scnet_r18_smoke"):
-        load_checkpoint(build_model("htc_r18_smoke", **SMOKE), path, preset_name="htc_r18_smoke")
+    path = save_weights(tmp_path / "m.pth", model, preset="scnet_r18_smoke")
+    with pytest.raises(WeightsError, match=r"try --preset scnet_r18_smoke"):
+        load_weights(build_model("htc_r18_smoke", **SMOKE), path, preset_name="htc_r18_smoke")
 
 
 def test_missing_and_extra_tensors_are_listed(tmp_path):
@@ -43,27 +43,27 @@ def test_missing_and_extra_tensors_are_listed(tmp_path):
     state.pop("rpn.conv.weight")
     state["rpn.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.pth")
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(model, tmp_path / "broken.pth")
+    with pytest.raises(WeightsError) as err:
+        load_weights(model, tmp_path / "broken.pth")
     message = str(err.value)
     assert "1 tensor(s) missing" in message and "rpn.conv.weight" in message
     assert "1 unexpected" in message and "rpn.extra.weight" in message
 
 
 def test_wrong_class_count_is_a_shape_error(tmp_path):
-    path = save_checkpoint(tmp_path / "m.pth", build_model("mask_rcnn_r18_smoke", **SMOKE))
-    with pytest.raises(CheckpointError, match="of another shape"):
-        load_checkpoint(build_model("mask_rcnn_r18_smoke", num_classes=5), path)
+    path = save_weights(tmp_path / "m.pth", build_model("mask_rcnn_r18_smoke", **SMOKE))
+    with pytest.raises(WeightsError, match="of another shape"):
+        load_weights(build_model("mask_rcnn_r18_smoke", num_classes=5), path)
 
 
 def test_not_a_checkpoint_and_missing_file(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
     model = build_model("mask_rcnn_r18_smoke", **SMOKE)
-    with pytest.raises(CheckpointError, match="could not be read"):
-        load_checkpoint(model, bad)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(model, tmp_path / "absent.pth")
+    with pytest.raises(WeightsError, match="could not be read"):
+        load_weights(model, bad)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights(model, tmp_path / "absent.pth")
 
 
 def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
@@ -110,7 +110,7 @@ def test_mmdet_meta_with_unimportable_classes_loads(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "nowhere"))
     (package / "__init__.py").unlink()  # now truly unimportable
     fresh = build_model("mask_rcnn_r18_smoke", **SMOKE)
-    meta = load_checkpoint(fresh, path, format="auto")
+    meta = load_weights(fresh, path, format="auto")
     assert "not loaded: fake_mmengine.HistoryBuffer" in repr(meta["hist"])
     assert meta["cfg"].items == {"a": 1}  # a dict subclass keeps its items as data
     # numpy objects are inert placeholders too: the loader admits only what a checkpoint needs
@@ -158,14 +158,14 @@ def test_a_crafted_checkpoint_runs_no_code(kind, tmp_path):
     zipped = tmp_path / "zipped.pth"
     torch.save({"format": "scnet-native-1", "model": model.state_dict(), "preset": "mask_rcnn_r18_smoke",
                 "config": model.config.to_dict(), "meta": {"hook": payload}}, zipped)
-    meta = load_checkpoint(build_model("mask_rcnn_r18_smoke", **SMOKE), zipped)
+    meta = load_weights(build_model("mask_rcnn_r18_smoke", **SMOKE), zipped)
     assert not target.exists()
     assert repr(meta["meta"]["hook"]).startswith("<not loaded: ")  # an inert placeholder, as data
 
     plain = tmp_path / "plain.pth"  # a bare pickle, read through torch.load's legacy path
     plain.write_bytes(pickle.dumps({"state_dict": {}, "meta": payload}, protocol=2))
-    with pytest.raises(CheckpointError, match="could not be read as a PyTorch checkpoint") as err:
-        load_checkpoint(model, plain)
+    with pytest.raises(WeightsError, match="could not be read as a PyTorch checkpoint") as err:
+        load_weights(model, plain)
     assert not target.exists()
     assert "\n" not in str(err.value)
 
@@ -182,8 +182,8 @@ def test_state_cannot_be_set_on_an_allowed_class(tmp_path):
     assert torch.Tensor.__repr__ is not torch.Size
     path = tmp_path / "crafted.pth"
     path.write_bytes(crafted)
-    with pytest.raises(CheckpointError):
-        load_checkpoint(build_model("mask_rcnn_r18_smoke", **SMOKE), path)
+    with pytest.raises(WeightsError):
+        load_weights(build_model("mask_rcnn_r18_smoke", **SMOKE), path)
     assert torch.Tensor.__repr__ is not torch.Size
 
 

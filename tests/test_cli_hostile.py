@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -16,12 +15,13 @@ from PIL import Image
 
 from experiments.run import main as harness_main
 from scnet import build_model
-from scnet.checkpoints import save_checkpoint as save_model_checkpoint
-from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
+from scnet.checkpoints import save_weights
+from scnet.engine.checkpoint import load_checkpoint
 from scnet.engine.run_lock import INHERITED_LOCK_ENV, RunLock
 from scnet.evaluate import main as evaluate_main
 from scnet.predict import main as predict_main
-from scnet.records import read_result
+from scnet.records.result import read_result
+from scnet.records.run_dir import RunDir
 from scnet.train import main as train_main
 
 from tests.test_run_dir_safety import SIZE, _eval_args as eval_args, _train_args  # noqa: F401
@@ -52,7 +52,7 @@ def one_line(capsys) -> str:
 def unfinish(run_dir: Path, **changes) -> None:
     """Rewrite the run's checkpoint as one of iteration 1 of 2 (so the run resumes), with `changes`
     (None removes a field)."""
-    path = last_checkpoint_path(run_dir)
+    path = RunDir(run_dir).last_checkpoint
     state = load_checkpoint(path)
     (run_dir / "result.json").unlink(missing_ok=True)
     state["iteration"] = 1
@@ -75,9 +75,9 @@ def test_a_checkpoint_missing_a_field_is_one_line_on_resume(data, finished, tmp_
 
 def test_a_checkpoint_missing_a_field_is_one_line_in_evaluate(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
-    state = load_checkpoint(last_checkpoint_path(run))
+    state = load_checkpoint(RunDir(run).last_checkpoint)
     del state["iou_recorder"]
-    torch.save(state, last_checkpoint_path(run))
+    torch.save(state, RunDir(run).last_checkpoint)
     before = (run / "result.json").read_bytes()
     assert evaluate_main(["--run", str(run), "--no-progress", "--device", "cpu", "--workers", "0"]) == 2
     assert "field 'iou_recorder' is missing" in one_line(capsys)
@@ -86,14 +86,14 @@ def test_a_checkpoint_missing_a_field_is_one_line_in_evaluate(finished, tmp_path
 
 def test_non_finite_weights_are_named_not_blamed_on_the_learning_rate(data, finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
-    state = load_checkpoint(last_checkpoint_path(run))
+    state = load_checkpoint(RunDir(run).last_checkpoint)
     model = dict(state["model"])
     model["rpn.conv.weight"] = torch.full_like(model["rpn.conv.weight"], float("nan"))
     unfinish(run, model=model)
     assert train_main(train_args(data, run)) == 2
     err = one_line(capsys)
     assert "'rpn.conv.weight'" in err and "NaN or infinite" in err and "learning rate" not in err
-    assert str(last_checkpoint_path(run)) in err
+    assert str(RunDir(run).last_checkpoint) in err
 
 
 def test_a_class_count_beyond_the_bound_is_refused_before_the_model_is_built(tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_a_lock_handed_down_by_the_local_executor_is_used(data, tmp_path, monkey
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return save_model_checkpoint(tmp_path_factory.mktemp("w") / "m.pth", build_model(PRESET), preset=PRESET)
+    return save_weights(tmp_path_factory.mktemp("w") / "m.pth", build_model(PRESET), preset=PRESET)
 
 
 def test_predict_refuses_an_existing_file_and_any_run_folder(weights, finished, tmp_path, capsys):
@@ -355,7 +355,7 @@ def test_evaluate_with_a_bad_checkpoint_leaves_no_folder(data, tmp_path, capsys)
     assert evaluate_main(eval_args(data, bad, out)) == 2
     assert "could not be read as a PyTorch checkpoint" in one_line(capsys)
     assert not (tmp_path / "new").exists()
-    wrong = save_model_checkpoint(tmp_path / "htc.pth", build_model("htc_r18_smoke"))
+    wrong = save_weights(tmp_path / "htc.pth", build_model("htc_r18_smoke"))
     assert evaluate_main(eval_args(data, wrong, out)) == 2
     assert "does not fit" in one_line(capsys)
     assert not (tmp_path / "new").exists()
@@ -364,11 +364,11 @@ def test_evaluate_with_a_bad_checkpoint_leaves_no_folder(data, tmp_path, capsys)
 def test_stale_checkpoint_temporaries_are_removed_when_the_run_starts(data, finished, tmp_path):
     run = copy_run(finished, tmp_path)
     unfinish(run)
-    stale = last_checkpoint_path(run).parent / ".last.pth.k2j3h4.tmp"
+    stale = RunDir(run).last_checkpoint.parent / ".last.pth.k2j3h4.tmp"
     stale.write_bytes(b"half a checkpoint")
     assert train_main(train_args(data, run)) == 0
     assert not stale.exists()
-    assert sorted(p.name for p in last_checkpoint_path(run).parent.iterdir()) == ["last.pth"]
+    assert sorted(p.name for p in RunDir(run).last_checkpoint.parent.iterdir()) == ["last.pth"]
 
 
 # ------------------------------------------------------------------------- item 10: misleading texts

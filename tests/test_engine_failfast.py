@@ -24,11 +24,12 @@ import torch
 
 from scnet.data import ensure_synthetic
 from scnet.engine import EvalConfig, RunConfig, Schedule, preemption, run_training
-from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
+from scnet.engine.checkpoint import load_checkpoint
 from scnet.engine.device import DeviceUnavailable, gpu_requested, pick_device
 from scnet.engine.run_log import read_metrics
 from scnet.models.postprocess import paste_masks, paste_masks_batched
-from scnet.records import read_result, write_config
+from scnet.records.result import read_result
+from scnet.records.run_dir import RunDir, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
@@ -186,7 +187,7 @@ def test_a_stop_request_on_one_rank_checkpoints_both_and_the_resume_repeats_noth
     (rank0, out0), (rank1, out1) = _two_ranks("stop", run_dir)
     assert (rank0, rank1) == (3, 3), out0[-3000:] + out1[-3000:]
     assert "INTERRUPTED at 2" in out0 and "INTERRUPTED at 2" in out1
-    state = load_checkpoint(last_checkpoint_path(run_dir))
+    state = load_checkpoint(RunDir(run_dir).last_checkpoint)
     assert state["iteration"] == 2 and len(state["rng"]) == 2
     assert [row["iter"] for row in read_metrics(run_dir)] == [1, 2]
     # Rank 0 writes the log; the request reached rank 1 only.
@@ -238,7 +239,7 @@ def test_usr2_during_training_saves_and_interrupts_in_one_process(shapes, tmp_pa
         restore()
         preemption.clear()
     assert caught.value.iteration == 1  # batch 2 in one process: the 3rd sample is step 2's
-    assert load_checkpoint(last_checkpoint_path(tmp_path / "run"))["iteration"] == 1
+    assert load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)["iteration"] == 1
 
 
 # ------------------------------------------------------------------------------------ item 8: eval

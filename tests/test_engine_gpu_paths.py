@@ -14,7 +14,7 @@ from scnet.engine.distributed import (RENDEZVOUS_PORTS, DistEnv, RendezvousError
                                       slurm_rendezvous_port)
 from scnet.engine.precision import apply_float32_mode, float32_mode, float32_settings
 from scnet.engine.run_config import RunConfig
-from scnet.engine.seeding import capture_rng_state, restore_rng_state
+from scnet.engine.rng_state import capture_rng_state, restore_rng_state
 
 # ------------------------------------------------------------------------------ item 2: the port
 

@@ -20,15 +20,17 @@ import numpy as np
 import pytest
 import torch
 
-from scnet.checkpoints.loading import save_checkpoint as save_model_checkpoint
+from scnet.checkpoints.loading import save_weights
 from scnet.data import ensure_synthetic
 from scnet.engine import EvalConfig, RunConfig, Schedule, default_schedule, run_training
-from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint
+from scnet.engine.checkpoint import load_checkpoint
 from scnet.engine.coco_eval import read_detections
 from scnet.engine.run_log import read_metrics
 from scnet.engine.runner import build_dataset, build_run_model
 from scnet.evaluate import main as evaluate_main
-from scnet.records import IoURecords, read_result, write_config
+from scnet.records.iou import IoURecords
+from scnet.records.result import read_result
+from scnet.records.run_dir import RunDir, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
@@ -141,8 +143,8 @@ def test_evaluate_cli_reproduces_the_run_metrics(overfit_run, tmp_path, capsys):
 
     # The same weights as a plain model checkpoint, evaluated without the run directory.
     model = build_run_model(config, build_dataset(config, "train", train=True))
-    model.load_state_dict(load_checkpoint(last_checkpoint_path(run_dir))["model"])
-    weights = save_model_checkpoint(tmp_path / "weights.pth", model)
+    model.load_state_dict(load_checkpoint(RunDir(run_dir).last_checkpoint)["model"])
+    weights = save_weights(tmp_path / "weights.pth", model)
     out = tmp_path / "eval"
     assert evaluate_main(["--checkpoint", str(weights), "--preset", "mask_rcnn_r18_smoke", "--data",
                           config.data_root, "--image-scale", *map(str, SIZE), "--eval-split", "train",
@@ -173,7 +175,7 @@ def test_killed_run_resumes_to_identical_weights(shapes4, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "scnet.train", "--config", str(killed_dir / "config.json"), "--no-progress"],
         cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    checkpoint = last_checkpoint_path(killed_dir)
+    checkpoint = RunDir(killed_dir).last_checkpoint
     deadline = time.monotonic() + 240
     while not checkpoint.exists():
         assert process.poll() is None, process.communicate()[0].decode()[-3000:]
@@ -187,8 +189,8 @@ def test_killed_run_resumes_to_identical_weights(shapes4, tmp_path):
     result = run_training(config, killed_dir, progress=False)
     assert result["train"]["resumed_from"] == 2
 
-    straight = load_checkpoint(last_checkpoint_path(straight_dir))
-    resumed = load_checkpoint(last_checkpoint_path(killed_dir))
+    straight = load_checkpoint(RunDir(straight_dir).last_checkpoint)
+    resumed = load_checkpoint(RunDir(killed_dir).last_checkpoint)
     assert straight["iteration"] == resumed["iteration"] == 4
     assert straight["model"].keys() == resumed["model"].keys()
     for name, tensor in straight["model"].items():
@@ -249,7 +251,7 @@ def test_two_process_ddp_matches_one_process(shapes4, tmp_path):
     assert records.count("train/stage0") == pytest.approx(single.count("train/stage0"), rel=0.5)
     assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=0.1)
     # The weights moved from the (seeded, shared) initial ones and stayed finite.
-    trained = load_checkpoint(last_checkpoint_path(two_dir))["model"]
+    trained = load_checkpoint(RunDir(two_dir).last_checkpoint)["model"]
     initial = build_run_model(config, build_dataset(config, "train", train=True)).state_dict()
     assert all(torch.isfinite(t).all() for t in trained.values() if t.is_floating_point())
     changed = [k for k in trained if not torch.equal(trained[k], initial[k])]

@@ -19,8 +19,8 @@ from scnet.engine.coco_eval import (best_match_ious, coco_metrics, detections_to
 from scnet.engine.distributed import detect_dist_env, expand_slurm_nodelist
 from scnet.engine.lr_schedule import learning_rate
 from scnet.engine.run_log import RunLog, read_metrics
-from scnet.engine.sampling import ResumableBatchSampler, SeededSamples, ShardSampler
-from scnet.engine.seeding import capture_rng_state, restore_rng_state
+from scnet.engine.data_order import ResumableBatchSampler, SeededSamples, ShardSampler
+from scnet.engine.rng_state import capture_rng_state, restore_rng_state
 
 
 # ------------------------------------------------------------------------------------------ run spec
@@ -364,7 +364,7 @@ def test_aspect_ratio_grouping_makes_each_global_batch_one_orientation():
 
 
 def test_aspect_grouped_follows_mmdetections_bucket_rule():
-    from scnet.engine.sampling import aspect_grouped
+    from scnet.engine.data_order import aspect_grouped
 
     order = [0, 1, 2, 3, 4, 5, 6]
     groups = [0, 1, 1, 0, 1, 0, 0]

@@ -6,10 +6,7 @@ simulated where only their count matters.
 """
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,21 +14,17 @@ import pytest
 from experiments.executors import local
 from experiments.executors.base import cpus_of_this_task, loader_workers, train_in_this_process
 from experiments.executors.local import LocalExecutor, gpu_groups
-from experiments.profile import ProfileError, load_profile, profile_from_dict
-from experiments.run import local_gpu_groups
+from experiments.profile import ProfileError, profile_from_dict
+from experiments.plan import local_gpu_groups
 from experiments.runspec import UsageError, build_matrix, parse_overrides
 from experiments.status import State, read_attempt, run_status
-from scnet.records import read_result, write_config
+from scnet.records.result import read_result
+from scnet.records.run_dir import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "schedule.max_iters=2", "--set", "schedule.checkpoint_every=1", "--set", "schedule.log_every=1",
         "--set", "schedule.warmup_iters=1", "--set", "schedule.batch_size=2", "--set", "image_scale=[128,96]",
         "--set", "eval.enabled=false", "--set", "num_workers=0"]
-
-
-def harness(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
 
 
 # ----------------------------------------------------------------------------------- profile spellings
@@ -99,7 +92,7 @@ def test_loaders_follow_the_task_cpus(tmp_path, monkeypatch):
 
 # -------------------------------------------------------------------------------- submission checks
 
-def test_gpus_that_do_not_divide_the_batch_are_refused_before_submission(tmp_path):
+def test_gpus_that_do_not_divide_the_batch_are_refused_before_submission(harness, tmp_path):
     (tmp_path / "p.toml").write_text('partition = "debug"\ngres = "gpu:3"\n')
     done = harness("figure1", "--profile", str(tmp_path / "p.toml"), "--runs-dir", str(tmp_path / "runs"),
                    "--data", str(tmp_path / "shapes"))
@@ -117,7 +110,7 @@ def _fake_coco(root: Path) -> Path:
     return root
 
 
-def test_paper_dry_run_shows_each_jobs_request_and_the_gpu_hours(tmp_path):
+def test_paper_dry_run_shows_each_jobs_request_and_the_gpu_hours(harness, tmp_path):
     coco = _fake_coco(tmp_path / "coco")
     done = harness("table2", "--dry-run", "--scale", "paper", "--data", str(coco), "--runs-dir",
                    str(tmp_path / "runs"), "--profile", str(REPO / "slurm" / "profiles" / "example.toml"))
@@ -137,7 +130,7 @@ def test_paper_dry_run_shows_each_jobs_request_and_the_gpu_hours(tmp_path):
     assert "total: ~489 GPU-h" in faster.stdout and "assumed: 8 training images/s per GPU" in faster.stdout
 
 
-def test_paper_dry_run_warns_when_the_time_limit_needs_more_requeues_than_allowed(tmp_path):
+def test_paper_dry_run_warns_when_the_time_limit_needs_more_requeues_than_allowed(harness, tmp_path):
     coco = _fake_coco(tmp_path / "coco")
     (tmp_path / "p.toml").write_text('gpus_per_node = 8\ntime = "04:00:00"\nmax_requeue = 2\n')
     done = harness("table3", "--dry-run", "--scale", "paper", "--data", str(coco), "--runs-dir",
@@ -225,12 +218,11 @@ def test_two_ranks_train_one_run_on_the_cpu(tmp_path, smoke_data):
     assert result["train"]["processes"] == 2 and result["timing"]["iterations"] == 2
 
 
-def test_paper_dry_run_without_a_profile_describes_this_machine(tmp_path):
+def test_paper_dry_run_without_a_profile_describes_this_machine(harness, tmp_path, monkeypatch):
     coco = _fake_coco(tmp_path / "coco")
-    done = subprocess.run([sys.executable, "-m", "experiments.run", "table3", "--dry-run", "--scale", "paper",
-                           "--data", str(coco), "--runs-dir", str(tmp_path / "runs")], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
-                          capture_output=True, text=True, timeout=300)
+    monkeypatch.setattr(local, "visible_gpus", lambda: [])  # as CUDA_VISIBLE_DEVICES="" shows no GPU
+    done = harness("table3", "--dry-run", "--scale", "paper", "--data", str(coco), "--runs-dir",
+                   str(tmp_path / "runs"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("asks: this machine: one process per run, no GPU set aside") == 3
     assert done.stdout.count("~163 GPU-h (but no GPU is asked for here)") == 3

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.locking import RunLock, lock_holder
 from experiments.status import State, run_status
+from scnet.engine.run_lock import RunLock, lock_holder
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLDER = """
 import sys
-from experiments.locking import RunLock
+from scnet.engine.run_lock import RunLock
 lock = RunLock(sys.argv[1])
 print("locked" if lock.try_acquire() else "busy", flush=True)
 sys.stdin.read()  # hold until the test closes our stdin or kills us
@@ -54,7 +54,7 @@ def test_a_run_locked_by_another_process_is_running_not_started_twice(tmp_path):
 
 PARENT = """
 import subprocess, sys
-from experiments.locking import RunLock
+from scnet.engine.run_lock import RunLock
 lock = RunLock(sys.argv[1])
 assert lock.try_acquire()
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], pass_fds=(lock.fileno(),))

@@ -1,6 +1,6 @@
 """The experiment harness's run matrix: what runs a table needs, their identity, and bad input.
 
-Nothing here trains; the CLI is run as a real subprocess where its output and exit code matter.
+Nothing here trains; the CLI runs in this process (the `harness` fixture: exit status, stdout, stderr).
 """
 from __future__ import annotations
 
@@ -19,13 +19,7 @@ from scnet.engine.run_config import RunConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_dry_run_prints_one_line_per_run_with_flags_and_state(tmp_path):
+def test_dry_run_prints_one_line_per_run_with_flags_and_state(harness, tmp_path):
     runs, data = tmp_path / "runs", tmp_path / "shapes"
     done = harness("table2", "--dry-run", "--runs-dir", str(runs), "--data", str(data))
     assert done.returncode == 0, done.stderr
@@ -90,8 +84,10 @@ def test_run_id_is_stable_across_processes_and_config_files(tmp_path):
                            env={**os.environ, "PYTHONHASHSEED": "123"}, cwd=REPO)
     assert json.loads(other.stdout) == ids
     for spec in build_matrix(["table4"], "smoke", tmp_path):
-        written = json.loads(json.dumps(spec.config.to_dict()))  # what config.json holds
+        written = json.loads(json.dumps(spec.config.to_frozen_dict()))  # what config.json holds
         assert RunConfig.from_dict(written).run_id() == spec.run_id
+        earlier = json.loads(json.dumps(spec.config.to_dict()))  # config.json before it held "model"
+        assert RunConfig.from_dict(earlier).run_id() == spec.run_id
 
 
 def test_a_changed_config_is_a_new_run():
@@ -101,7 +97,7 @@ def test_a_changed_config_is_a_new_run():
     assert all(s.config.schedule.max_iters == 10 for s in shorter)
 
 
-def test_status_reports_every_run_pending_before_anything_ran(tmp_path):
+def test_status_reports_every_run_pending_before_anything_ran(harness, tmp_path):
     done = harness("table3", "--status", "--runs-dir", str(tmp_path / "runs"), "--data", str(tmp_path / "d"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "3 run(s): 3 pending"
@@ -115,12 +111,12 @@ def _usage_error(done: subprocess.CompletedProcess) -> str:
     return done.stderr
 
 
-def test_unknown_table_is_a_usage_error_with_a_suggestion():
+def test_unknown_table_is_a_usage_error_with_a_suggestion(harness):
     message = _usage_error(harness("tabel2", "--dry-run"))
     assert "unknown table 'tabel2'" in message and "did you mean 'table2'" in message
 
 
-def test_paper_data_without_coco_annotations_is_refused_before_anything_runs(tmp_path):
+def test_paper_data_without_coco_annotations_is_refused_before_anything_runs(harness, tmp_path):
     (tmp_path / "coco").mkdir()
     profile = REPO / "slurm" / "profiles" / "example.toml"
     message = _usage_error(harness("table5", "--scale", "paper", "--data", str(tmp_path / "coco"),
@@ -131,24 +127,24 @@ def test_paper_data_without_coco_annotations_is_refused_before_anything_runs(tmp
         resolve_data_root("paper", None)
 
 
-def test_paper_scale_without_a_profile_asks_for_one(tmp_path):
+def test_paper_scale_without_a_profile_asks_for_one(harness, tmp_path):
     message = _usage_error(harness("table2", "--scale", "paper", "--data", str(tmp_path)))
     assert "--profile" in message
 
 
-def test_misspelt_profile_key_names_file_key_and_suggestion(tmp_path):
+def test_misspelt_profile_key_names_file_key_and_suggestion(harness, tmp_path):
     profile = tmp_path / "cluster.toml"
     profile.write_text('partiton = "gpu"\ngpus_per_node = 8\n')
     message = _usage_error(harness("table2", "--profile", str(profile), "--dry-run"))
     assert str(profile) in message and "'partiton'" in message and "did you mean 'partition'" in message
 
 
-def test_misspelt_override_is_a_usage_error():
+def test_misspelt_override_is_a_usage_error(harness):
     message = _usage_error(harness("table2", "--dry-run", "--set", "schedule.max_iter=5"))
     assert "did you mean 'max_iters'" in message
 
 
-def test_no_wait_with_the_inline_executor_is_refused(tmp_path):
+def test_no_wait_with_the_inline_executor_is_refused(harness, tmp_path):
     message = _usage_error(harness("table3", "--executor", "inline", "--no-wait", "--data", str(tmp_path / "d"),
                                    "--runs-dir", str(tmp_path / "runs")))
     assert "--no-wait" in message
@@ -171,7 +167,7 @@ def test_an_output_folder_under_a_file_is_refused_before_anything_runs(option, t
 def test_dry_run_plan_prices_each_extra_seed():
     """--seeds N at paper scale: the footer says what one more seed costs (one seed's runs), beside the total."""
     from experiments.estimate import Throughput
-    from experiments.run import ClusterPlan
+    from experiments.plan import ClusterPlan
 
     plan = ClusterPlan(world=8, gpus=8, resources="8 GPUs", scale="paper", throughput=Throughput(assumed=4.0))
     three = build_matrix(["table3"], "paper", Path("/coco"), seeds=3)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.locking import lock_holder
 from experiments.runspec import build_matrix, parse_overrides
-from scnet.records import read_result
+from scnet.engine.run_lock import lock_holder
+from scnet.records.result import read_result
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "schedule.max_iters=2", "--set", "schedule.checkpoint_every=1", "--set", "schedule.log_every=1",

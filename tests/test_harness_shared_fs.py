@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments import locking
-from experiments.locking import OWNER_FILE, LockUnavailableError, RunLock, lock_holder
 from experiments.status import State, run_status
+from scnet.engine import run_lock as locking
+from scnet.engine.run_lock import LockUnavailableError, RunLock, lock_holder
+from scnet.records.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ import errno, fcntl, sys
 def refuse(fd, op):
     raise OSError(errno.{name}, "flock refused")
 fcntl.flock = refuse
-from experiments.locking import RunLock
+from scnet.engine.run_lock import RunLock
 lock = RunLock(sys.argv[1])
 print("locked" if lock.try_acquire() else "busy", flush=True)
 sys.stdin.read()
@@ -59,18 +60,18 @@ def test_without_flock_the_owner_file_excludes_a_second_process_and_dies_with_it
     finally:
         holder.send_signal(signal.SIGKILL)  # dies without releasing: the owner file stays behind
         holder.wait()
-    assert (tmp_path / OWNER_FILE).exists()
+    assert (RunDir(tmp_path).lock_owner_file).exists()
     assert lock_holder(tmp_path) is None  # same host, dead pid: stale
     lock = RunLock(tmp_path)
     assert lock.try_acquire() and lock.uses_fallback
     assert f"pid={os.getpid()}" in (lock_holder(tmp_path) or "")
     lock.release()
-    assert not (tmp_path / OWNER_FILE).exists() and lock_holder(tmp_path) is None
+    assert not (RunDir(tmp_path).lock_owner_file).exists() and lock_holder(tmp_path) is None
 
 
 def test_an_owner_file_from_another_host_is_stale_only_without_heartbeat(tmp_path, monkeypatch):
     _refuse_flock(monkeypatch)
-    owner = tmp_path / OWNER_FILE
+    owner = RunDir(tmp_path).lock_owner_file
     owner.write_text("pid=1 host=some-other-node since=2026-01-01T00:00:00 lock=owner-file token=x\n")
     assert not RunLock(tmp_path).try_acquire()  # refreshed just now: alive
     assert "host=some-other-node" in (lock_holder(tmp_path) or "")
@@ -88,7 +89,7 @@ def test_the_fallback_holder_refreshes_its_owner_file(tmp_path, monkeypatch):
     monkeypatch.setattr(locking, "HEARTBEAT_S", 0.05)
     lock = RunLock(tmp_path)
     assert lock.try_acquire()
-    owner = tmp_path / OWNER_FILE
+    owner = RunDir(tmp_path).lock_owner_file
     os.utime(owner, (0, 0))
     for _ in range(200):
         if owner.stat().st_mtime > 0:
@@ -100,9 +101,9 @@ def test_the_fallback_holder_refreshes_its_owner_file(tmp_path, monkeypatch):
 
 def test_a_flock_holder_respects_a_live_owner_file(tmp_path):
     """A node whose mount has flock must not take a run that a no-flock node holds."""
-    (tmp_path / OWNER_FILE).write_text(f"pid={os.getpid()} host={socket.gethostname()} lock=owner-file\n")
+    (RunDir(tmp_path).lock_owner_file).write_text(f"pid={os.getpid()} host={socket.gethostname()} lock=owner-file\n")
     assert not RunLock(tmp_path).try_acquire()
-    (tmp_path / OWNER_FILE).unlink()
+    (RunDir(tmp_path).lock_owner_file).unlink()
     lock = RunLock(tmp_path)
     assert lock.try_acquire() and not lock.uses_fallback
     lock.release()
@@ -135,7 +136,7 @@ def test_results_tables_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
     import torch
 
     from scnet.engine.checkpoint import save_checkpoint
-    from scnet.records import write_json_atomic, write_text_atomic
+    from scnet.records.files import write_json_atomic, write_text_atomic
 
     previous = os.umask(umask)
     try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scnet import build_model
-from scnet.checkpoints import load_checkpoint, mmdet_to_ours
+from scnet.checkpoints import load_weights, mmdet_to_ours
 from scnet.equivalence import match_detections, write_reference_checkpoint
 from scnet.data.pipeline import test_input
 from scnet.image_io import read_bgr
@@ -54,7 +54,7 @@ def test_reference_weights_reproduce_mmdetection_detections(preset, coffee, tmp_
     # The oracle ran every preset with score_thr 0.001 (shared/reference/README.md); the Mask R-CNN and
     # Cascade presets keep MMDetection's 0.05, tested through scnet.evaluate in test_pipeline_oracle.py.
     model = build_model(preset, test_score_thr=0.001).eval()
-    load_checkpoint(model, checkpoint, preset_name=preset)
+    load_weights(model, checkpoint, preset_name=preset)
     oracle = json.loads((REFERENCE / "oracle" / f"{preset}.coffee.mmdet_outputs.json").read_text())
     image, meta = coffee
     assert list(image.shape[-2:]) == oracle["input"]["img_shape"]

@@ -3,9 +3,6 @@ and the semantic head's class count fixed from the training data, in the run id,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,15 +133,13 @@ def test_the_run_config_sizes_the_semantic_head_not_the_evaluated_split(tmp_path
                   model_flags={"num_semantic_classes": 8})
 
 
-def test_harness_refuses_semantic_paper_runs_without_stuff_maps(tmp_path):
+def test_harness_refuses_semantic_paper_runs_without_stuff_maps(harness, tmp_path, monkeypatch):
     coco = _coco_root(tmp_path / "coco", categories=80)
     for name in ("train2017", "val2017"):
         (coco / name).mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path / "th")}
-    done = subprocess.run([sys.executable, "-m", "experiments.run", "table2", "--scale", "paper", "--data", str(coco),
-                           "--runs-dir", str(tmp_path / "runs"),
-                           "--profile", str(REPO / "slurm" / "profiles" / "example.toml")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    done = harness("table2", "--scale", "paper", "--data", str(coco), "--runs-dir", str(tmp_path / "runs"),
+                   "--profile", str(REPO / "slurm" / "profiles" / "example.toml"))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert STUFF_ZIP in done.stderr and str(coco / "stuffthingmaps") in done.stderr
     assert not (tmp_path / "runs").exists()

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from scnet import build_model
-from scnet.checkpoints import save_checkpoint
+from scnet.checkpoints import save_weights
 from scnet.predict import main
 
 
@@ -17,7 +17,7 @@ from scnet.predict import main
 def smoke_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "mask_rcnn_smoke.pth"
-    return save_checkpoint(path, build_model("mask_rcnn_r18_smoke"), preset="mask_rcnn_r18_smoke")
+    return save_weights(path, build_model("mask_rcnn_r18_smoke"), preset="mask_rcnn_r18_smoke")
 
 
 @pytest.fixture()
@@ -80,7 +80,7 @@ def _args(checkpoint, image, out, *extra):
 def training_checkpoint(tmp_path_factory):
     """A run's checkpoints/last.pth as the trainer writes it: the run config, not the class counts
     (those came from the run's dataset), for a custom class count with a semantic head."""
-    from scnet.engine.checkpoint import save_checkpoint as save_training_checkpoint
+    from scnet.engine.checkpoint import save_checkpoint
     from scnet.engine.run_config import RunConfig
 
     run_config = RunConfig(preset="scnet_r18_smoke", data_root="/nowhere/custom", scale="smoke",
@@ -88,8 +88,8 @@ def training_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(run_config.model_config(num_classes=5, num_semantic_classes=7))
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "last.pth"
-    save_training_checkpoint(path, {"iteration": 3, "total_iters": 3, "iters_per_epoch": 1,
-                                    "model": model.state_dict(), "run_config": run_config.to_dict()})
+    save_checkpoint(path, {"iteration": 3, "total_iters": 3, "iters_per_epoch": 1,
+                     "model": model.state_dict(), "run_config": run_config.to_dict()})
     return path
 
 

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from scnet import records
-from scnet.records import IoURecorder, IoURecords, RecordError
+from scnet.config import ConfigError
+from scnet.engine.run_config import RunConfig
+from scnet.records import files, iou, result, run_dir
+from scnet.records.files import RecordError, write_json_atomic
+from scnet.records.iou import IoURecorder, IoURecords
+from scnet.records.result import FORMAT_VERSION, METRIC_NAMES, coco_stats_to_metrics, read_result, write_result
+from scnet.records.run_dir import RunDir, read_config, read_env, write_config, write_env
 
 
 def make_result(seed: int = 0, ap: float = 40.0) -> dict:
@@ -27,21 +33,21 @@ def make_result(seed: int = 0, ap: float = 40.0) -> dict:
 # ------------------------------------------------------------------------------------------- result
 
 def test_result_round_trip_fills_format_version(tmp_path):
-    path = records.write_result(tmp_path, make_result(seed=3))
+    path = write_result(tmp_path, make_result(seed=3))
     assert path == tmp_path / "result.json"
-    back = records.read_result(tmp_path)
-    assert back["format_version"] == records.FORMAT_VERSION
+    back = read_result(tmp_path)
+    assert back["format_version"] == FORMAT_VERSION
     assert back["config"]["seed"] == 3
     assert back["metrics"]["segm"]["AP"] == 37.0
-    assert records.read_result(path) == back
+    assert read_result(path) == back
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_result_accepts_none_for_undefined_metric(tmp_path):
     result = make_result()
     result["metrics"]["bbox"]["APS"] = None
-    records.write_result(tmp_path, result)
-    assert records.read_result(tmp_path)["metrics"]["bbox"]["APS"] is None
+    write_result(tmp_path, result)
+    assert read_result(tmp_path)["metrics"]["bbox"]["APS"] is None
 
 
 @pytest.mark.parametrize("mutate, field", [
@@ -60,41 +66,91 @@ def test_write_result_refuses_bad_field_and_names_it(tmp_path, mutate, field):
     result = make_result()
     mutate(result)
     with pytest.raises(RecordError, match=f"'{field}'"):
-        records.write_result(tmp_path, result)
+        write_result(tmp_path, result)
     assert not (tmp_path / "result.json").exists()
 
 
 def test_read_result_names_file_for_half_written_and_foreign(tmp_path):
-    good = json.dumps(dict(make_result(), format_version=records.FORMAT_VERSION))
+    good = json.dumps(dict(make_result(), format_version=FORMAT_VERSION))
     half = tmp_path / "half" / "result.json"
     half.parent.mkdir()
     half.write_text(good[: len(good) // 2])
     with pytest.raises(RecordError, match="half/result.json.*not valid JSON"):
-        records.read_result(half)
+        read_result(half)
     foreign = tmp_path / "foreign" / "result.json"
     foreign.parent.mkdir()
     foreign.write_text(json.dumps({"accuracy": 0.9}))
     with pytest.raises(RecordError, match="foreign/result.json: missing field 'format_version'"):
-        records.read_result(foreign.parent)
+        read_result(foreign.parent)
     with pytest.raises(RecordError, match="file not found"):
-        records.read_result(tmp_path / "absent")
+        read_result(tmp_path / "absent")
 
 
 def test_coco_stats_to_metrics_percent_and_none():
     stats = [0.401, 0.6, 0.43, -1.0, 0.44, 0.55, 0.3, 0.4, 0.5, 0.1, 0.2, 0.3]
-    metrics = records.coco_stats_to_metrics(stats)
+    metrics = coco_stats_to_metrics(stats)
     assert metrics["AP"] == pytest.approx(40.1)
     assert metrics["APS"] is None
-    assert list(metrics) == list(records.METRIC_NAMES)
+    assert list(metrics) == list(METRIC_NAMES)
+
+
+def test_the_package_re_exports_the_single_module_names():
+    """Code written against the former module `scnet.records` still imports every name from it."""
+    modules = (files, iou, result, run_dir)
+    for name in records.__all__:
+        found = [m for m in modules if hasattr(m, name) and getattr(m, name) is getattr(records, name)]
+        assert found or name in ("CONFIG_FILE", "ENV_FILE", "RUN_DIR_MARKERS"), name
+    assert (records.CONFIG_FILE, records.ENV_FILE, records.RESULT_FILE) == ("config.json", "env.json", "result.json")
+    assert records.RUN_DIR_MARKERS == RunDir.MARKERS
+
+
+def test_config_json_holds_the_spelling_and_its_network(tmp_path):
+    config = RunConfig(preset="cascade_mask_rcnn_r18_smoke", data_root=str(tmp_path),
+                       model_flags={"sample_consistency": "effective"})
+    folder = RunDir(tmp_path / "run")
+    folder.write_config_once(config)
+    stored = read_config(folder.path)
+    assert stored["model_flags"] == {"sample_consistency": "effective"}
+    assert stored["model"]["sample_consistency"] == "effective" and stored["model"]["mask_convs"] == 12
+    back = folder.read_run_config()
+    assert back == config and back.run_id() == config.run_id()
+    folder.write_config_once(config.replace(seed=5))  # never overwritten: the config is the run's identity
+    assert folder.read_run_config().seed == 0
+    # A config.json written before it held "model" still reads, as the same run.
+    write_config(folder.path, config.to_dict())
+    assert folder.read_run_config().run_id() == config.run_id()
+
+
+def test_config_json_whose_spelling_no_longer_gives_its_network_is_refused(tmp_path):
+    config = RunConfig(preset="cascade_mask_rcnn_r18_smoke", data_root=str(tmp_path))
+    edited = {**config.to_frozen_dict(), "model_flags": {"sample_consistency": "effective"}}
+    with pytest.raises(ConfigError, match=r"field 'model' .* differs .* in mask_convs, sample_consistency"):
+        RunConfig.from_dict(edited)
+    without_model = {k: v for k, v in edited.items() if k != "model"}
+    assert RunConfig.from_dict(without_model).model_config().mask_convs == 12
+    with pytest.raises(ConfigError, match="field 'model' is not a network this code builds"):
+        RunConfig.from_dict({**config.to_frozen_dict(), "model": {"stages": 2}})
+
+
+def test_model_config_fills_in_only_what_the_run_config_leaves_to_the_data(tmp_path):
+    """Class counts come from the dataset unless the flags or the run config fix them."""
+    config = RunConfig(preset="scnet_r18_smoke", data_root=str(tmp_path), model_flags={"num_classes": 3},
+                       num_semantic_classes=9)
+    resolved = config.model_config(num_classes=5, num_semantic_classes=7)
+    assert (resolved.num_classes, resolved.num_semantic_classes) == (3, 9)
+    free = RunConfig(preset="scnet_r18_smoke", data_root=str(tmp_path))
+    assert free.model_config(num_classes=5, num_semantic_classes=7).num_classes == 5
+    assert free.model_config(num_classes=5, num_semantic_classes=7).num_semantic_classes == 7
+    assert free.model_config() is free.model_config()  # resolved once, when the config was made
 
 
 def test_config_and_env_round_trip(tmp_path):
-    records.write_config(tmp_path, {"model": {"stages": (1, 2)}, "seed": np.int64(4)})
-    records.write_env(tmp_path, {"torch": torch.__version__})
-    assert records.read_config(tmp_path) == {"model": {"stages": [1, 2]}, "seed": 4}
-    assert records.read_env(tmp_path / "env.json")["torch"] == torch.__version__
+    write_config(tmp_path, {"model": {"stages": (1, 2)}, "seed": np.int64(4)})
+    write_env(tmp_path, {"torch": torch.__version__})
+    assert read_config(tmp_path) == {"model": {"stages": [1, 2]}, "seed": 4}
+    assert read_env(tmp_path / "env.json")["torch"] == torch.__version__
     with pytest.raises(RecordError, match="bad.json"):
-        records.write_json_atomic(tmp_path / "bad.json", {"x": float("nan")})
+        write_json_atomic(tmp_path / "bad.json", {"x": float("nan")})
     assert not (tmp_path / "bad.json").exists()
 
 

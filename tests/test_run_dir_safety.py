@@ -12,9 +12,10 @@ import torch
 
 from scnet.data import ensure_synthetic
 from scnet.engine import RunConfig, run_training
-from scnet.engine.checkpoint import last_checkpoint_path, load_checkpoint, save_checkpoint
+from scnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from scnet.evaluate import main as evaluate_main
-from scnet.records import read_config, read_result
+from scnet.records.result import read_result
+from scnet.records.run_dir import RunDir, read_config
 from scnet.train import main as train_main
 
 SIZE = (128, 96)
@@ -67,12 +68,12 @@ def test_evaluate_refuses_to_overwrite_a_finished_run(data, finished, tmp_path, 
     run = _copy(finished, tmp_path)
     # run.lock names whoever held the run last (evaluate takes the lock too); the records are what count
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "run.lock"}
-    assert evaluate_main(_eval_args(data, last_checkpoint_path(run), run)) == 2
+    assert evaluate_main(_eval_args(data, RunDir(run).last_checkpoint, run)) == 2
     assert "already holds finished results" in _one_line(capsys)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "run.lock"} == before
 
     (run / "result.json").unlink()  # a training run without results: still not an evaluation folder
-    assert evaluate_main(_eval_args(data, last_checkpoint_path(run), run)) == 2
+    assert evaluate_main(_eval_args(data, RunDir(run).last_checkpoint, run)) == 2
     assert "is a training run" in _one_line(capsys)
     assert not (run / "result.json").exists()
 
@@ -86,9 +87,9 @@ def test_evaluate_run_and_checkpoint_together_is_refused(finished, tmp_path):
 def test_evaluating_an_unfinished_run_does_not_mark_it_done(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     (run / "result.json").unlink()
-    state = load_checkpoint(last_checkpoint_path(run))
+    state = load_checkpoint(RunDir(run).last_checkpoint)
     state["iteration"] = 1
-    save_checkpoint(last_checkpoint_path(run), {k: v for k, v in state.items() if k not in ("format", "version")})
+    save_checkpoint(RunDir(run).last_checkpoint, {k: v for k, v in state.items() if k not in ("format", "version")})
     assert evaluate_main(["--run", str(run), "--no-progress", "--device", "cpu"]) == 2
     assert "training is not finished (its checkpoint is at iteration 1 of 2)" in _one_line(capsys)
     assert not (run / "result.json").exists()
@@ -119,15 +120,15 @@ def test_a_corrupt_result_is_kept_aside_and_the_run_finishes(data, finished, tmp
 
 def test_weights_of_another_preset_are_one_line(data, finished, tmp_path, capsys):
     other = tmp_path / "other"
-    last_checkpoint_path(other).parent.mkdir(parents=True)
-    shutil.copy(last_checkpoint_path(finished), last_checkpoint_path(other))
+    RunDir(other).last_checkpoint.parent.mkdir(parents=True)
+    shutil.copy(RunDir(finished).last_checkpoint, RunDir(other).last_checkpoint)
     args = _train_args(data, other)
     args[1] = "cascade_mask_rcnn_r18_smoke"
     assert train_main(args) == 2
     err = _one_line(capsys)
     assert "does not fit preset cascade_mask_rcnn_r18_smoke" in err and "mask_rcnn_r18_smoke checkpoint" in err
 
-    assert evaluate_main(_eval_args(data, last_checkpoint_path(finished), tmp_path / "eval",
+    assert evaluate_main(_eval_args(data, RunDir(finished).last_checkpoint, tmp_path / "eval",
                                     preset="cascade_mask_rcnn_r18_smoke")) == 2
     assert "does not fit preset cascade_mask_rcnn_r18_smoke" in _one_line(capsys)
 
@@ -147,8 +148,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(data, tmp_path, capsys, monke
     assert train_main(_train_args(data, run)) == 2
     err = _one_line(capsys)
     assert "last.pth: could not be written: No space left on device" in err and "unchanged" in err
-    assert load_checkpoint(last_checkpoint_path(run))["iteration"] == 1
-    assert [p.name for p in last_checkpoint_path(run).parent.iterdir()] == ["last.pth"]
+    assert load_checkpoint(RunDir(run).last_checkpoint)["iteration"] == 1
+    assert [p.name for p in RunDir(run).last_checkpoint.parent.iterdir()] == ["last.pth"]
 
 
 def test_data_errors_are_one_line(tmp_path, capsys):
@@ -167,7 +168,7 @@ def test_an_out_under_a_file_is_refused_before_the_work(tool, data, finished, tm
     if tool == "train":
         code = train_main(_train_args(data, out))
     else:
-        code = evaluate_main(_eval_args(data, last_checkpoint_path(finished), out))
+        code = evaluate_main(_eval_args(data, RunDir(finished).last_checkpoint, out))
     assert code == 2
     assert "is a file, not a folder" in _one_line(capsys)
 
@@ -197,7 +198,7 @@ def test_an_unwritable_folder_is_named_and_nothing_is_made(tmp_path, monkeypatch
     """The read-only case as root sees it too: the probe write fails (root ignores permission bits)."""
     import tempfile
 
-    from scnet.records import OutputError, check_writable_dir
+    from scnet.records.files import OutputError, check_writable_dir
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))

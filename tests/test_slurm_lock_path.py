@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from experiments.executors.slurm_job import TrainingJob
-from experiments.locking import RunLock
 from experiments.profile import profile_from_dict
+from scnet.engine.run_lock import RunLock
 
 pytestmark = pytest.mark.slurm
 
@@ -62,7 +62,7 @@ def _executor(tmp_path: Path, tasks: int, cpus_per_task: int):
 
 def test_rank_0_without_the_lock_ends_the_whole_job(tmp_path, slurm_cluster):
     from scnet.engine.run_config import RunConfig
-    from scnet.records import write_config
+    from scnet.records.run_dir import write_config
 
     run_dir = tmp_path / "runs" / "r"
     write_config(run_dir, RunConfig(preset="mask_rcnn_r18_smoke", data_root=str(tmp_path / "none")).to_dict())

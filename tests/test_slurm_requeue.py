@@ -28,7 +28,7 @@ import pytest
 
 from experiments.runspec import build_matrix, parse_overrides
 from experiments.status import read_attempt
-from scnet.records import read_result
+from scnet.records.result import read_result
 
 pytestmark = pytest.mark.slurm
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scnet import build_model
-from scnet.checkpoints import save_checkpoint
+from scnet.checkpoints import save_weights
 from scnet.train_step import main
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "oracle" / "train" / "coffee"
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (shared/refer
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "smoke.pth", build_model(PRESET), preset=PRESET)
+    return save_weights(tmp_path_factory.mktemp("ckpt") / "smoke.pth", build_model(PRESET), preset=PRESET)
 
 
 def run(checkpoint, out, *extra, flip="off", sampler="all", preset=PRESET):

@@ -22,7 +22,6 @@ import torch
 
 from analysis.curves import load_run_curves, main as curves_main, plot_curves, save_curves, table_runs, use_log_scale
 from experiments.executors.queue import QueueEntry
-from experiments.locking import RunLock
 from experiments.progress import STALL_FLOOR_S, STALL_INTERVALS, read_progress
 from experiments.run import main as run_main
 from experiments.runspec import run_config_for
@@ -30,8 +29,10 @@ from experiments.status import State, run_status
 from experiments.tables import rows_of
 from scnet.data import ensure_synthetic
 from scnet.engine import run_training
-from scnet.engine.run_log import METRICS_FILE, MetricsLineWarning, read_metrics
+from scnet.engine.run_lock import RunLock
+from scnet.engine.run_log import MetricsLineWarning, read_metrics
 from scnet.engine.tensorboard_log import NOT_SCALARS, open_tensorboard_log, tensorboard_installed
+from scnet.records.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {"schedule.max_iters": 6, "schedule.log_every": 2, "schedule.lr_steps": [4], "schedule.warmup_iters": 2,
@@ -65,15 +66,15 @@ def _live_copy(run_dir: Path, dest: Path, rows: int) -> Path:
     dest.mkdir(parents=True)
     for name in ("config.json", "log.txt"):
         shutil.copy(run_dir / name, dest / name)
-    lines = (run_dir / METRICS_FILE).read_text().splitlines()[:rows]
-    (dest / METRICS_FILE).write_text("".join(f"{line}\n" for line in lines))
+    lines = (run_dir / RunDir.METRICS).read_text().splitlines()[:rows]
+    (dest / RunDir.METRICS).write_text("".join(f"{line}\n" for line in lines))
     return dest
 
 
 def _age(run_dir: Path, seconds: float) -> None:
     """Make the run's last record and log line `seconds` old."""
     stamp = time.time() - seconds
-    for name in (METRICS_FILE, "log.txt"):
+    for name in (RunDir.METRICS, "log.txt"):
         os.utime(run_dir / name, (stamp, stamp))
 
 
@@ -149,7 +150,7 @@ def test_a_table_name_plots_the_runs_it_has_and_names_the_rows_without_one(run, 
 def test_a_cut_metrics_line_is_skipped_with_a_warning_never_a_traceback(run, tmp_path, capsys):
     _, run_dir, _ = run
     cut = _live_copy(run_dir, tmp_path / "cut", rows=3)
-    with open(cut / METRICS_FILE, "a") as handle:
+    with open(cut / RunDir.METRICS, "a") as handle:
         handle.write('[1, 2]\n{"iter": 8, "lo')  # a foreign line, then the line a kill cut short
     with pytest.warns(MetricsLineWarning, match=r"skipped line\(s\) 4, 5"):
         assert [row["iter"] for row in read_metrics(cut)] == [2, 4, 6]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis import zoo
-from scnet import records
+from scnet.records.result import METRIC_NAMES, write_result
 from scnet.engine.run_config import RunConfig, default_schedule
 
 # The figures design.md and issue 17 quote, each read again in MMDetection's metafiles (the CSV cites them).
@@ -37,8 +37,8 @@ def _run(root: Path, preset: str, schedule: str = "1x", *, flags: dict | None = 
                        schedule=default_schedule("paper", schedule), amp=amp, num_semantic_classes=183
                        if preset.startswith(("scnet", "htc")) else None)
     run_dir = root / f"{preset}_{schedule}"
-    metrics = {name: 30.0 for name in records.METRIC_NAMES}
-    records.write_result(run_dir, {
+    metrics = {name: 30.0 for name in METRIC_NAMES}
+    write_result(run_dir, {
         "config": {**config.to_dict(), "model": config.model_config(num_classes=80).to_dict()},
         "metrics": {"bbox": dict(metrics, AP=box), "segm": dict(metrics, AP=mask)},
         "speed": {"images_per_s": 5.0, "device": "cuda"}, "timing": {"train_s": 1.0, "eval_s": 1.0},

@@ -18,9 +18,9 @@ from typing import Callable
 from tqdm import tqdm
 
 from experiments.executors.queue import QueueError, current_user
-from experiments.locking import RunLock
 from experiments.runspec import UsageError
 from experiments.status import RunStatus, State, run_status, run_statuses
+from scnet.engine.run_lock import RunLock
 
 # How long squeue may keep failing (controller down, timeouts) before waiting gives up.
 QUEUE_GRACE_S = 600.0
@@ -73,10 +73,10 @@ def train_in_this_process(run_dir: Path, *, progress: bool) -> dict:
     In a SLURM task the data loaders follow the task's cores (`cpus_per_task` of the profile), not
     the config's default: `num_workers` changes speed only, never the run's identity or numbers.
     """
-    from scnet.engine import RunConfig, run_training
-    from scnet.records import read_config
+    from scnet.engine import run_training
+    from scnet.records.run_dir import RunDir
 
-    config = RunConfig.from_dict(read_config(run_dir))
+    config = RunDir(run_dir).read_run_config()
     cpus = cpus_of_this_task()
     if cpus is not None and loader_workers(cpus) != config.num_workers:
         print(f"[harness] {cpus} CPUs per task: {loader_workers(cpus)} data-loading workers "

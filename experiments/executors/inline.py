@@ -5,7 +5,8 @@ import traceback
 from pathlib import Path
 
 from experiments.executors.base import Executor, OnEnd, claim_run, train_in_this_process
-from experiments.status import LOG_FILE, run_status, write_attempt
+from experiments.status import run_status, write_attempt
+from scnet.records.run_dir import RunDir
 
 
 class InlineExecutor(Executor):
@@ -26,7 +27,7 @@ class InlineExecutor(Executor):
                     train_in_this_process(run_dir, progress=self.progress)
                 except Exception as exc:  # a failed run must not stop the others
                     text = traceback.format_exc()
-                    with open(Path(run_dir) / LOG_FILE, "a", encoding="utf-8") as log:
+                    with open(RunDir(run_dir).log_file, "a", encoding="utf-8") as log:
                         log.write(text)
                     write_attempt(run_dir, "failed", self.name, error=f"{type(exc).__name__}: {exc}")
                 else:

@@ -28,9 +28,11 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from experiments.executors.base import Executor, OnEnd
-from experiments.locking import INHERITED_LOCK_ENV, RunLock
-from experiments.status import LOG_FILE, RunStatus, State, last_iteration, run_status, write_attempt
-from scnet.records import RecordError, read_config, read_result
+from experiments.status import RunStatus, State, last_iteration, run_status, write_attempt
+from scnet.engine.run_lock import INHERITED_LOCK_ENV, RunLock
+from scnet.records.files import RecordError
+from scnet.records.result import read_result
+from scnet.records.run_dir import RunDir, read_config
 
 POLL_S = 0.5
 
@@ -157,7 +159,7 @@ class LocalExecutor(Executor):
 
     def command(self, run_dir: Path) -> list[str]:
         # The harness draws its own progress bars (from metrics.jsonl); keep the log free of them.
-        return [self.python, "-m", "scnet.train", "--config", str(run_dir / "config.json"), "--out", str(run_dir),
+        return [self.python, "-m", "scnet.train", "--config", str(RunDir(run_dir).config_file), "--out", str(run_dir),
                 "--no-progress"]
 
     # ------------------------------------------------------------------------------------- waiting
@@ -209,7 +211,7 @@ class LocalExecutor(Executor):
         if not lock.try_acquire():
             on_end(run_status(run_dir))
             return None
-        log = open(run_dir / LOG_FILE, "ab")
+        log = open(RunDir(run_dir).log_file, "ab")
         gpus = self._free_groups.popleft() if self.gpu_groups else None
         procs: list[subprocess.Popen] = []
         try:

@@ -19,10 +19,11 @@ from pathlib import Path
 from experiments.executors.base import Executor, OnEnd, claim_run, wait_for_runs
 from experiments.executors.queue import slurm_available
 from experiments.executors.slurm_job import TrainingJob
-from experiments.locking import RunLock
 from experiments.profile import SlurmProfile
 from experiments.runspec import UsageError
 from experiments.status import write_attempt
+from scnet.engine.run_lock import RunLock
+from scnet.records.run_dir import RunDir
 
 POLL_S = 5.0
 SLURM_LINK_DIR = ".slurm"
@@ -145,7 +146,7 @@ class SlurmExecutor(Executor):
     @staticmethod
     def _move_into_run_dir(link_dir: Path, job_id: str, run_dir: Path) -> None:
         source = link_dir / job_id
-        target = run_dir / "submitit" / job_id
+        target = RunDir(run_dir).submitit / job_id
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(target))
         os.symlink(os.path.relpath(target, link_dir), source)

@@ -29,8 +29,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from experiments.locking import RunLock, RunLockedError, lock_holder
-from experiments.status import LOG_FILE, write_attempt
+from experiments.status import write_attempt
+from scnet.engine.run_lock import RunLock, RunLockedError, lock_holder
+from scnet.records.run_dir import RunDir
 
 
 def _job_id() -> str:
@@ -53,7 +54,8 @@ def _preempted(job_id: str) -> bool:
 
 
 def _is_done(run_dir: Path) -> bool:
-    from scnet.records import RecordError, read_result
+    from scnet.records.files import RecordError
+    from scnet.records.result import read_result
 
     try:
         read_result(run_dir)
@@ -89,7 +91,7 @@ class TrainingJob:
                     raise RunLockedError(run_dir, lock_holder(run_dir))
                 return f"{run_dir}: already being trained ({lock_holder(run_dir)}); nothing to do"
             write_attempt(run_dir, "started", "slurm", slurm_job_id=_job_id(), restarts=restarts)
-            with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+            with open(RunDir(run_dir).log_file, "a", encoding="utf-8") as log:
                 log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [harness] SLURM job {_job_id()} on "
                           f"{os.uname().nodename}, start #{restarts + 1}\n")
         from scnet.engine import preemption
@@ -111,7 +113,7 @@ class TrainingJob:
             if rank == 0:
                 then = "requeueing" if requeueing else ("not requeueing: cancelled or out of time, not preempted "
                                                         "(the next experiments.run call resubmits it, resuming)")
-                with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+                with open(RunDir(run_dir).log_file, "a", encoding="utf-8") as log:
                     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [harness] SLURM job {_job_id()}: "
                               f"checkpoint at iteration {stopped.iteration} saved on {stopped.reason}; {then}\n")
                 restore()

@@ -19,16 +19,16 @@ from torch import nn
 from scnet.checkpoints.mmdet_keys import UnmappedKeyError, mmdet_to_ours
 from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
 from scnet.config import ConfigError, ModelConfig
+from scnet.engine.checkpoint import CHECKPOINT_FORMAT as TRAIN_FORMAT
 from scnet.messages import describe, path_problem, printable
-from scnet.records import atomic_write
+from scnet.records.files import atomic_write
 
 NATIVE_FORMAT = "scnet-native-1"
-TRAIN_FORMAT = "scnet-train-checkpoint"  # scnet.engine.checkpoint.CHECKPOINT_FORMAT (kept import-free)
 FORMATS = ("auto", "mmdet", "native")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for the model at hand; the message says why and what to do."""
+class WeightsError(ValueError):
+    """A weights file that cannot be used for the model at hand; the message says why and what to do."""
 
 
 def read_checkpoint_file(path: str | Path, what: str = "--checkpoint") -> Any:
@@ -37,25 +37,25 @@ def read_checkpoint_file(path: str | Path, what: str = "--checkpoint") -> Any:
     path = Path(path)
     problem = path_problem(path)
     if problem is not None:
-        raise CheckpointError(f"checkpoint {path} {problem} (check the {what} path)")
+        raise WeightsError(f"checkpoint {path} {problem} (check the {what} path)")
     try:
         return read_torch_file(path)
     except TorchFileError as exc:
-        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint: {exc}; "
+        raise WeightsError(f"checkpoint {path} could not be read as a PyTorch checkpoint: {exc}; "
                               "give a .pth file saved by torch.save") from None
 
 
 def tensor_dict(state: Any, where: str) -> dict[str, torch.Tensor]:
-    """`state` if it maps names (strings) to finite tensors, else CheckpointError naming `where`."""
+    """`state` if it maps names (strings) to finite tensors, else WeightsError naming `where`."""
     if not isinstance(state, dict):
-        raise CheckpointError(f"field '{where}' is {describe(state)}, not a dict of tensors")
+        raise WeightsError(f"field '{where}' is {describe(state)}, not a dict of tensors")
     for key, value in state.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"field '{where}' has a key that is {describe(key)}, not a tensor name")
+            raise WeightsError(f"field '{where}' has a key that is {describe(key)}, not a tensor name")
         if not torch.is_tensor(value):
-            raise CheckpointError(f"field '{where}' holds {describe(value)} under {describe(key)}, not a tensor")
+            raise WeightsError(f"field '{where}' holds {describe(value)} under {describe(key)}, not a tensor")
         if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"tensor {describe(key)} in field '{where}' holds NaN or infinite values: the "
+            raise WeightsError(f"tensor {describe(key)} in field '{where}' holds NaN or infinite values: the "
                                   "weights are damaged (or were saved from a diverged run); use another file")
     return state
 
@@ -70,7 +70,7 @@ def detect_format(payload: Any) -> str:
         return "mmdet"
     if isinstance(state, dict) and any(str(k).startswith(("rpn.", "roi_heads.")) for k in state):
         return "native"
-    raise CheckpointError("the file holds no detector state dict recognisable as MMDetection's "
+    raise WeightsError("the file holds no detector state dict recognisable as MMDetection's "
                           "(rpn_head.*, roi_head.*) or ours (rpn.*, roi_heads.*)")
 
 
@@ -109,7 +109,7 @@ def convert_mmdet_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         except UnmappedKeyError:
             unmapped.append(name)
     if unmapped:
-        raise CheckpointError(f"{len(unmapped)} MMDetection tensor(s) belong to no part of this model family, "
+        raise WeightsError(f"{len(unmapped)} MMDetection tensor(s) belong to no part of this model family, "
                               f"e.g. {', '.join(map(describe, unmapped[:3]))}; is this a Mask R-CNN / Cascade / "
                               "HTC / SCNet checkpoint?")
     return converted
@@ -130,27 +130,27 @@ class Weights:
 def read_weights(path: str | Path, *, format: str = "auto") -> Weights:
     """Read any supported checkpoint; the model config too where the file carries it."""
     if format not in FORMATS:
-        raise CheckpointError(f"checkpoint format {format!r} is not one of {FORMATS}")
+        raise WeightsError(f"checkpoint format {format!r} is not one of {FORMATS}")
     path = Path(path)
     payload = read_checkpoint_file(path)
     try:
         return _weights_from_payload(path, payload, detect_format(payload) if format == "auto" else format)
-    except CheckpointError as exc:
+    except WeightsError as exc:
         if str(path) in str(exc):
             raise
-        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+        raise WeightsError(f"checkpoint {path}: {exc}") from exc
 
 
 def _weights_from_payload(path: Path, payload: Any, kind: str) -> Weights:
     if kind == "mmdet":
         if not isinstance(payload, dict):
-            raise CheckpointError(f"checkpoint {path}: not an MMDetection checkpoint (no dict at top level)")
+            raise WeightsError(f"checkpoint {path}: not an MMDetection checkpoint (no dict at top level)")
         mm_state = _mmdet_state(payload)
         meta = payload.get("meta", {})
         return Weights(path, kind, convert_mmdet_state(mm_state), meta if isinstance(meta, dict) else {},
                        guess_mmdet_preset(mm_state))
     if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {path}: holds a {type(payload).__name__}, not a state dict")
+        raise WeightsError(f"checkpoint {path}: holds a {type(payload).__name__}, not a state dict")
     state = tensor_dict(payload["model"] if "model" in payload else payload, "model")
     meta = {k: v for k, v in payload.items() if k != "model"}
     if kind == "train":
@@ -165,12 +165,12 @@ def _stored_model_config(path: Path, values: Any, where: str) -> ModelConfig | N
     if values is None:
         return None
     if not isinstance(values, dict):
-        raise CheckpointError(f"checkpoint {path}: field '{where}' should be a model config dict, "
+        raise WeightsError(f"checkpoint {path}: field '{where}' should be a model config dict, "
                               f"found {type(values).__name__}")
     try:
         return ModelConfig.from_dict(values)
     except (ConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path}: field '{where}' is not a model config this code "
+        raise WeightsError(f"checkpoint {path}: field '{where}' is not a model config this code "
                               f"builds ({exc})") from None
 
 
@@ -185,17 +185,17 @@ def _train_checkpoint_model(path: Path, payload: dict, state: dict[str, torch.Te
         preset = payload.get("run_config", {}).get("preset") if isinstance(payload.get("run_config"), dict) else None
         return (preset if isinstance(preset, str) else None), config
     if not isinstance(payload.get("run_config"), dict):
-        raise CheckpointError(f"checkpoint {path}: field 'run_config' is missing or not a dict; give --preset "
+        raise WeightsError(f"checkpoint {path}: field 'run_config' is missing or not a dict; give --preset "
                               "and the class counts instead")
     try:
         run_config = RunConfig.from_dict(payload["run_config"])
     except (KeyError, ConfigError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: field 'run_config' is unusable ({exc}); "
+        raise WeightsError(f"checkpoint {path}: field 'run_config' is unusable ({exc}); "
                               "give --preset and the class counts instead") from None
     try:
         return run_config.preset, run_config.model_config(**infer_class_counts(state))
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path}: its run config does not resolve here ({exc})") from exc
+        raise WeightsError(f"checkpoint {path}: its run config does not resolve here ({exc})") from exc
 
 
 def infer_class_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -214,7 +214,7 @@ def load_weights_into(model: nn.Module, weights: Weights, preset_name: str | Non
     check_state_fits(model, weights.state, weights.path, weights.preset, preset_name)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, format: str = "auto",
+def load_weights(model: nn.Module, path: str | Path, *, format: str = "auto",
                     preset_name: str | None = None) -> dict[str, Any]:
     """Load weights strictly; returns the checkpoint's metadata (`meta` for MMDetection files)."""
     weights = read_weights(path, format=format)
@@ -235,7 +235,7 @@ def build_for_weights(config: ModelConfig, weights: Weights, preset_name: str | 
 
 def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], path: str | Path,
                      guess: str | None = None, preset_name: str | None = None) -> None:
-    """CheckpointError unless `state` fits the network of `config`, decided without allocating it."""
+    """WeightsError unless `state` fits the network of `config`, decided without allocating it."""
     from scnet.models.detector import Detector
 
     with torch.device("meta"):
@@ -245,7 +245,7 @@ def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], path: 
 
 def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
                      guess: str | None = None, preset_name: str | None = None) -> None:
-    """Load `state` into `model` strictly, or raise one CheckpointError line saying what differs."""
+    """Load `state` into `model` strictly, or raise one WeightsError line saying what differs."""
     _check_fit(model.state_dict(), state, path, guess, preset_name)
     model.load_state_dict(state, strict=True)
 
@@ -271,7 +271,7 @@ def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
         elif wrong_shape:
             hint = " If only class counts differ, build the model with the checkpoint's num_classes."
         what = f"preset {preset_name}" if preset_name else "this model"
-        raise CheckpointError(f"checkpoint {path} does not fit {what}: {'; '.join(parts)}.{hint}")
+        raise WeightsError(f"checkpoint {path} does not fit {what}: {'; '.join(parts)}.{hint}")
 
 
 def _shape_text(tensor: torch.Tensor) -> str:
@@ -279,7 +279,7 @@ def _shape_text(tensor: torch.Tensor) -> str:
     return str(shape) if len(shape) <= 8 else f"a {len(shape)}-dimensional shape"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:
+def save_weights(path: str | Path, model: nn.Module, **extra: Any) -> Path:
     """Our own format, written atomically: weights plus the model config they belong to."""
     config = getattr(model, "config", None)
     payload = {"format": NATIVE_FORMAT, "model": model.state_dict(),

@@ -5,7 +5,7 @@ See docs/interfaces.md ("Data") for the contract the trainer and evaluator code 
 from scnet.data.coco import CocoInstances, load_sample
 from scnet.data.collate import collate
 from scnet.data.errors import DatasetError
-from scnet.data.seeding import epoch_permutation, sample_generator
+from scnet.data.sample_seeds import epoch_permutation, sample_generator
 from scnet.data.synthetic import ensure_synthetic, generate_synthetic
 from scnet.data.pipeline import build_transforms
 

@@ -49,7 +49,7 @@ from scnet.data.location import missing_dataset_problem
 from scnet.data.masks import decode_segmentation, usable_polygons
 from scnet.data.pipeline import DEFAULT_SCALE, Transform, build_transforms, pack
 from scnet.data.schema import check_coco_instances
-from scnet.data.seeding import sample_generator
+from scnet.data.sample_seeds import sample_generator
 from scnet.image_io import ImageError, read_bgr
 from scnet.messages import path_kind, printable
 

@@ -20,7 +20,7 @@ A transform works on the numpy stage of a sample and is called `transform(image,
 generator)`: `image` uint8 `[H, W, 3]` BGR; `target` numpy arrays `boxes` float32 `[N, 4]` xyxy,
 `labels` int64 `[N]`, `masks` uint8 `[N, H, W]`, `ignored_boxes` float32 `[M, 4]`, `ignored_labels`
 int64 `[M]` and optionally `semantic_seg` uint8 `[H, W]`; `meta` (`ori_shape`, `img_shape`,
-`scale_factor`, `flip`). Every random choice draws from `generator` (see `scnet.data.seeding`).
+`scale_factor`, `flip`). Every random choice draws from `generator` (see `scnet.data.sample_seeds`).
 `pack` turns the result into the model's tensors.
 """
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Training checkpoints: written atomically, read back with the project's bounded, code-free loader
-(`scnet.checkpoints.torch_file`), every field the trainer and evaluation use checked on the way in.
+"""Training checkpoints (a run's `checkpoints/last.pth`, `RunDir.last_checkpoint`): written atomically,
+read back with the project's bounded, code-free loader (`scnet.checkpoints.torch_file`), every field
+the trainer and evaluation use checked on the way in. Weights alone (MMDetection's files, ours, a
+training checkpoint's model) are `scnet.checkpoints.loading`'s business.
 
 A checkpoint holds everything the next iteration depends on: model, optimiser (momentum buffers),
 AMP scaler, every rank's generator states, the IoU recorder, and the iteration counter (which is
@@ -13,20 +15,14 @@ from typing import Any
 
 import torch
 
-from scnet.engine.atomic import atomic_write
+from scnet.records.files import atomic_write
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.pth"
 CHECKPOINT_FORMAT = "scnet-train-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
-
-
-def last_checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -92,20 +88,11 @@ def unusable_field(path: str | os.PathLike, exc: BaseException) -> CheckpointErr
                            f"{shorten(str(exc), 200)}); delete it to start the run afresh")
 
 
-def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Temporaries of checkpoint writes that a killed process left (`.last.pth.*.tmp`): removed when
-    a run starts, by the one process that holds the run."""
-    from scnet.records import remove_stale_temporaries as remove
-
-    return remove(Path(run_dir) / CHECKPOINT_DIR)
-
-
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | os.PathLike,
                      preset_name: str | None = None) -> None:
     """Load a training checkpoint's weights strictly; weights of another preset or class count give
     one CheckpointError line naming the checkpoint's preset, not load_state_dict's tensor list."""
-    from scnet.checkpoints.loading import CheckpointError as WeightsError
-    from scnet.checkpoints.loading import check_state_fits, tensor_dict
+    from scnet.checkpoints.loading import WeightsError, check_state_fits, tensor_dict
 
     run_config = state.get("run_config")
     saved_preset = run_config.get("preset") if isinstance(run_config, dict) else None

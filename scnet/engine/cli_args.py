@@ -8,6 +8,7 @@ import sys
 from typing import Any, Callable, NoReturn
 
 from scnet.config import ConfigError
+from scnet.engine.run_config import SCALES
 from scnet.messages import printable
 
 EXIT_USAGE = 2
@@ -54,13 +55,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input, an output path or this machine is not what the command
     needs", whose messages name the file or field and the fix: the command-line tools print them as
     one line and exit 2, without a traceback."""
-    from scnet.checkpoints.loading import CheckpointError as WeightsError
+    from scnet.checkpoints.loading import WeightsError
     from scnet.data.errors import DatasetError
     from scnet.engine.checkpoint import CheckpointError
     from scnet.engine.device import DeviceUnavailable
     from scnet.engine.run_lock import RunLockedError
     from scnet.image_io import ImageError
-    from scnet.records import OutputError, RecordError
+    from scnet.records.files import OutputError, RecordError
     from scnet.weights.backbone_init import BackboneWeightsError
 
     return (ConfigError, DatasetError, RecordError, OutputError, CheckpointError, WeightsError, ImageError,
@@ -116,7 +117,7 @@ def parse_flag(text: str) -> tuple[str, Any]:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="model preset, e.g. scnet_r50 or scnet_r18_smoke")
     parser.add_argument("--data", help="dataset root (COCO layout)")
-    parser.add_argument("--scale", choices=("smoke", "paper"), help="run scale (default: smoke for *_smoke "
+    parser.add_argument("--scale", choices=SCALES, help="run scale (default: smoke for *_smoke "
                         "presets, else paper)")
     parser.add_argument("--set", dest="model_flags", action="append", type=parse_flag, default=[],
                         metavar="KEY=VALUE", help="model flag override (repeatable), e.g. --set feature_relay=false")

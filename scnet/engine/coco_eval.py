@@ -21,10 +21,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
-from scnet.engine.atomic import atomic_write
-from scnet.records import METRIC_KINDS, METRIC_NAMES, coco_stats_to_metrics
+from scnet.records.files import atomic_write
+from scnet.records.result import METRIC_KINDS, METRIC_NAMES, coco_stats_to_metrics
+from scnet.records.run_dir import RunDir
 
-DETECTIONS_FILE = "detections.json"
 # Above this many detections the file is gzipped (about 25 MB of JSON with masks).
 GZIP_ABOVE = 50_000
 
@@ -120,11 +120,15 @@ def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Sequen
     return metrics, report.getvalue()
 
 
+def _detection_files(run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    plain = RunDir(run_dir).detections_file
+    return plain, plain.with_name(plain.name + ".gz")
+
+
 def write_detections(run_dir: str | os.PathLike, results: list[dict[str, Any]]) -> Path:
     """RUN_DIR/detections.json, or detections.json.gz when large; the other name is removed."""
-    run_dir = Path(run_dir)
     data = json.dumps(results, separators=(",", ":")).encode("utf-8")
-    plain, packed = run_dir / DETECTIONS_FILE, run_dir / (DETECTIONS_FILE + ".gz")
+    plain, packed = _detection_files(run_dir)
     if len(results) > GZIP_ABOVE:
         path = atomic_write(packed, lambda h: h.write(gzip.compress(data, compresslevel=6, mtime=0)))
         stale = plain
@@ -137,8 +141,7 @@ def write_detections(run_dir: str | os.PathLike, results: list[dict[str, Any]]) 
 
 
 def read_detections(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    run_dir = Path(run_dir)
-    plain, packed = run_dir / DETECTIONS_FILE, run_dir / (DETECTIONS_FILE + ".gz")
+    plain, packed = _detection_files(run_dir)
     if packed.exists():
         return json.loads(gzip.decompress(packed.read_bytes()))
     return json.loads(plain.read_text(encoding="utf-8"))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
-import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Mapping

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from scnet.engine import distributed, preemption
 from scnet.engine.coco_eval import best_match_ious, detections_to_coco
-from scnet.engine.sampling import ShardSampler
+from scnet.engine.data_order import ShardSampler
 
 
 @dataclass

@@ -14,14 +14,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from scnet.config import ConfigError
+from scnet.config import ConfigError, ModelConfig
 from scnet.engine import config_fields as fields
 
-SCALES = ("smoke", "paper")
+SCALES = ("smoke", "paper")  # the one definition (experiments and analysis import it)
 SCHEDULE_NAMES = ("20e", "1x", "smoke")
 
 
-# torch.manual_seed takes 64 bits; the data seeds (scnet.data.seeding) need a non-negative one.
+# torch.manual_seed takes 64 bits; the data seeds (scnet.data.sample_seeds) need a non-negative one.
 MAX_SEED = 2**63 - 1
 # Longest image edge a run may ask for; beyond it one image does not fit any accelerator's memory.
 MAX_IMAGE_EDGE = 8192
@@ -259,8 +259,8 @@ class RunConfig:
             if flagged is not None and flagged != self.num_semantic_classes:
                 raise ConfigError(f"run config: 'num_semantic_classes' is {self.num_semantic_classes} but "
                                   f"model_flags say {flagged}; give it once")
-        # Fail now, naming the flag, rather than in a worker process an hour later.
-        self.model_config()
+        # The network, resolved once; a bad flag fails now, named, not in a worker process an hour later.
+        object.__setattr__(self, "_model", self._resolve_model())
 
     def _resolve_backbone_weights(self) -> None:
         """An absolute path and its SHA-256 (read once, when the run is configured)."""
@@ -284,13 +284,18 @@ class RunConfig:
     def __hash__(self) -> int:
         return hash(self.run_id())
 
-    def model_config(self, **data_flags: Any):
-        """The resolved ModelConfig; `data_flags` (num_classes...) come from the dataset unless overridden."""
+    def _resolve_model(self) -> ModelConfig:
         from scnet.presets import resolve_config
 
         fixed = {} if self.num_semantic_classes is None else {"num_semantic_classes": self.num_semantic_classes}
-        flags = {**data_flags, **fixed, **self.model_flags}
-        return resolve_config(self.preset, **flags)
+        return resolve_config(self.preset, **fixed, **self.model_flags)
+
+    def model_config(self, **data_flags: Any) -> ModelConfig:
+        """The run's network, resolved when the config was made; `data_flags` (num_classes...) come from
+        the dataset and apply to the fields that neither `model_flags` nor the run config fix."""
+        fixed = set(self.model_flags) | ({"num_semantic_classes"} if self.num_semantic_classes is not None else set())
+        from_data = {name: value for name, value in data_flags.items() if name not in fixed}
+        return self._model.replace(**from_data) if from_data else self._model
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -298,14 +303,44 @@ class RunConfig:
         out["image_scale"] = list(self.image_scale)
         return json.loads(json.dumps(out))  # tuples -> lists: the form config.json holds
 
+    def to_frozen_dict(self) -> dict[str, Any]:
+        """What config.json holds: the spelling (`to_dict`) and, under "model", the network it resolves
+        to, so a reader sees the run's network without the code that resolves it."""
+        return {**self.to_dict(), "model": json.loads(json.dumps(self.model_config().to_dict()))}
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """A run config from `to_dict` or `to_frozen_dict` values. A "model" given with them must be the
+        network the spelling resolves to: otherwise the file was edited, or the preset changed since
+        the run was made, and neither may pass silently as this run."""
+        values = dict(values) if isinstance(values, Mapping) else values
+        stored_model = values.pop("model", None) if isinstance(values, dict) else None
         _check_keys(cls, values, "run config")
-        values = dict(values)
         for required in ("preset", "data_root"):
             if required not in values:
                 raise ConfigError(f"run config: missing field {required!r}")
-        return cls(**values)
+        config = cls(**values)
+        if stored_model is not None:
+            config._check_stored_model(stored_model)
+        return config
+
+    def _check_stored_model(self, stored: Any) -> None:
+        try:
+            stored_config = ModelConfig.from_dict(stored) if isinstance(stored, Mapping) else None
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"run config: field 'model' is not a network this code builds ({exc}); delete "
+                              "the field to take the network that 'preset' and 'model_flags' give") from None
+        if stored_config is None:
+            raise ConfigError(f"run config: field 'model' must be an object (the resolved network), found "
+                              f"{stored!r}")
+        if stored_config != self._model:
+            resolved = self._model.to_dict()
+            differing = sorted(k for k, v in stored_config.to_dict().items() if v != resolved[k])
+            raise ConfigError(
+                f"run config: field 'model' (the network the run was made with) differs from what preset "
+                f"{self.preset!r} and 'model_flags' give in {', '.join(differing)}: the file was edited or "
+                "the preset has changed since; restore the file, or delete 'model' to take the network the "
+                "spelling gives now (a new run id)")
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -25,10 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
-from scnet.records import OutputError
+from scnet.records.files import OutputError
+from scnet.records.run_dir import RunDir
 
-LOCK_FILE = "run.lock"
-OWNER_FILE = "run.lock.owner"
 _PROBE_RETRIES = 3
 # flock errors that mean "this filesystem does not do flock", not "someone holds the lock".
 FLOCK_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
@@ -53,8 +52,8 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
-        self.owner_path = self.run_dir / OWNER_FILE
+        self.path = RunDir(run_dir).lock_file
+        self.owner_path = RunDir(run_dir).lock_owner_file
         self._fd: int | None = None
         self._fallback = False  # True: held through the owner file, not flock
         self._token = ""
@@ -269,10 +268,10 @@ def lock_holder(run_dir: str | os.PathLike) -> str | None:
     Where flock is refused, the owner file answers.
     """
     run_dir = Path(run_dir)
-    owner = _live_owner(run_dir / OWNER_FILE)
+    owner = _live_owner(RunDir(run_dir).lock_owner_file)
     if owner is not None:
         return owner
-    path = run_dir / LOCK_FILE
+    path = RunDir(run_dir).lock_file
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -305,7 +304,7 @@ def inherited_lock(run_dir: str | os.PathLike, env: dict[str, str] | None = None
     if not raw.isdigit():
         return False
     try:
-        held, there = os.fstat(int(raw)), os.stat(Path(run_dir) / LOCK_FILE)
+        held, there = os.fstat(int(raw)), os.stat(RunDir(run_dir).lock_file)
     except OSError:
         return False
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
@@ -346,7 +345,7 @@ class _CommandLock(RunLock):
         if self._created is None:
             return
         try:
-            if {p.name for p in self.run_dir.iterdir()} <= {LOCK_FILE}:
+            if {p.name for p in self.run_dir.iterdir()} <= {RunDir.LOCK}:
                 self.path.unlink(missing_ok=True)
                 folder = self.run_dir
                 while True:

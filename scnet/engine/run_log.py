@@ -17,10 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
-from scnet.engine.atomic import atomic_write
+from scnet.records.files import atomic_write
+from scnet.records.run_dir import RunDir
 
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "log.txt"
 # Fields of a metrics.jsonl row that are not losses (every other number is a loss term, "loss" their sum).
 ROW_FIELDS = ("iter", "epoch", "lr", "time", "data_time", "eta_s", "memory_mb", "total_iters", "iters_per_epoch")
 
@@ -47,8 +46,8 @@ class RunLog:
     def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.metrics_path = self.run_dir / METRICS_FILE
-        self.log_path = self.run_dir / LOG_FILE
+        self.metrics_path = RunDir(run_dir).metrics_file
+        self.log_path = RunDir(run_dir).log_file
         self.sink: ScalarSink | None = None
 
     def attach_sink(self, sink: ScalarSink | None) -> None:
@@ -124,7 +123,7 @@ def read_metrics(run_dir: str | os.PathLike, *, last: int | None = None) -> list
     """The rows of a run's metrics.jsonl ([] if there is none); `last`: only the last rows, read from the
     file's end (for status on long runs). Lines that are not a JSON object with an integer "iter" (a
     line cut by a kill, or being appended right now) are skipped with one `MetricsLineWarning`."""
-    path = Path(run_dir) / METRICS_FILE
+    path = RunDir(run_dir).metrics_file
     try:
         lines = _tail_lines(path, last) if last is not None else path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:

@@ -6,7 +6,6 @@ interrupted one resumes from `checkpoints/last.pth`. Only rank 0 writes files.
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections.abc import Iterator
@@ -18,11 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from scnet.engine import distributed
-from scnet.config import ConfigError
-from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
-                                     remove_stale_temporaries, require_fields, unusable_field)
 from scnet.checkpoints.loading import check_shapes_fit, load_weights_into, read_weights, tensor_dict
+from scnet.engine import distributed
+from scnet.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, require_fields, unusable_field
 from scnet.engine.coco_eval import coco_metrics, write_detections
 from scnet.engine.device import gpu_requested, pick_device
 from scnet.engine.environment import collect_environment
@@ -30,12 +27,13 @@ from scnet.engine.inference import gather_inference, measure_speed, run_inferenc
 from scnet.engine.precision import apply_float32_mode
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import RunLog
-from scnet.engine.seeding import seed_everything
+from scnet.engine.rng_state import seed_everything
 from scnet.engine.semantic_classes import check_training_classes
 from scnet.engine.tensorboard_log import write_result_scalars
-from scnet.engine.trainer import iou_summary, train
-from scnet.records import (RESULT_FILE, IoURecorder, RecordError, read_config, read_result, write_config,
-                           write_env, write_result)
+from scnet.engine.trainer import Trainer, iou_summary
+from scnet.records.iou import IoURecorder
+from scnet.records.result import METRIC_NAMES, read_result, write_result
+from scnet.records.run_dir import RunDir, write_env
 from scnet.weights.backbone_init import init_backbone
 
 # Detections at or above this IoU with a same-class ground truth: the inference counterpart of the
@@ -109,58 +107,6 @@ def build_run_model(run_config: RunConfig, dataset: Any) -> nn.Module:
     config = run_model_config(run_config, dataset)
     seed_everything(run_config.seed)
     return build_model(config)
-
-
-class RunDirError(ConfigError):
-    """A run directory that cannot take this work without losing or misrepresenting what it holds."""
-
-
-def _check_run_dir(run_config: RunConfig, run_dir: Path) -> None:
-    """Refuse to resume (or return the result of) a different run in an existing folder."""
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        return
-    existing = RunConfig.from_dict(read_config(run_dir))
-    if existing.run_id() != run_config.run_id():
-        state = "finished run" if (run_dir / RESULT_FILE).exists() else "run"
-        raise RunDirError(f"{config_path}: this folder holds {state} {existing.run_id()}, not {run_config.run_id()} "
-                          "(the configs differ); use another run directory or delete this one")
-
-
-def _finished_result(run_config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
-    """The run's result if it is finished; None if it still has to run.
-
-    A result.json that does not validate is moved aside (rank 0), never deleted: the run then
-    resumes from its checkpoint and writes a new one, as `experiments.run --status` announces.
-    """
-    _check_run_dir(run_config, run_dir)
-    path = run_dir / RESULT_FILE
-    if not path.exists():
-        return None
-    try:
-        result = read_result(run_dir)
-    except RecordError as exc:
-        if distributed.detect_dist_env().rank == 0:
-            _move_aside(path, exc)
-        return None
-    stored = result["config"]
-    try:
-        stored_id = RunConfig.from_dict({k: v for k, v in stored.items() if k != "model"}).run_id()
-    except (ConfigError, TypeError):
-        stored_id = result.get("run_id")
-    if stored_id != run_config.run_id():
-        raise RunDirError(f"{path}: this folder holds finished run {stored_id}, not {run_config.run_id()} "
-                          "(the configs differ); use another run directory")
-    return result
-
-
-def _move_aside(path: Path, reason: Exception) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.invalid-{stamp}")
-    os.replace(path, aside)
-    RunLog(path.parent).info(f"{path.name} did not validate ({reason}); kept as {aside.name}, the run "
-                             "resumes and writes a new one")
-    return aside
 
 
 # Images of the separate timed pass on rank 0 (after its warm-up) when the evaluation itself was
@@ -237,7 +183,8 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
                  device: str | torch.device | None = None) -> dict[str, Any]:
     """Train (resuming if interrupted), evaluate, write result.json; return the result on every rank."""
     run_dir = Path(run_dir)
-    finished = _finished_result(run_config, run_dir)
+    folder = RunDir(run_dir)
+    finished = folder.finished_result(run_config, may_move=distributed.detect_dist_env().rank == 0)
     if finished is not None:
         return finished
     with _process_group(device, gpu_required_because(run_config, training=True)) as chosen:
@@ -251,19 +198,19 @@ def run_training(run_config: RunConfig, run_dir: str | Path, *, progress: bool =
         check_training_classes(run_config, train_set)
         model = build_run_model(run_config, train_set)
         loaded = None
-        if not last_checkpoint_path(run_dir).exists():  # a resumed run's checkpoint holds the trunk
+        if not folder.last_checkpoint.exists():  # a resumed run's checkpoint holds the trunk
             loaded = init_backbone(model, run_config)  # a bad file stops the run before its folder is written
         if distributed.rank() == 0:
-            _write_config_once(run_dir, run_config)
+            folder.write_config_once(run_config)
             write_env(run_dir, collect_environment(world_size=distributed.world_size(),
                                                    device=describe_device(chosen)))
-            remove_stale_temporaries(run_dir)  # of a process killed mid-write; this one holds the run
+            folder.remove_stale_temporaries()  # of a process killed mid-write; this one holds the run
             if loaded is not None:
                 RunLog(run_dir).info(f"backbone initialised from {loaded}")
         model = model.to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
-        outcome = train(model, train_set, collate_fn=_collate(), run_config=run_config, run_dir=run_dir,
-                        device=chosen, recorder=recorder, progress=progress)
+        outcome = Trainer(model, train_set, collate_fn=_collate(), run_config=run_config, run_dir=run_dir,
+                          device=chosen, recorder=recorder, progress=progress).train()
         if eval_set is not None:
             evaluation = evaluate_model(model, eval_set, run_config, device=chosen, recorder=recorder,
                                         run_dir=run_dir, progress=progress)
@@ -292,13 +239,6 @@ def _process_group(device: str | torch.device | None, gpu_required: str | None) 
             distributed.shutdown_distributed()
 
 
-def _write_config_once(run_dir: Path, run_config: RunConfig) -> None:
-    """Rank 0 only: create the run folder and its config.json, never overwriting an existing one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists():
-        write_config(run_dir, run_config.to_dict())
-
-
 def _publish(run_dir: Path, result: dict[str, Any], recorder: IoURecorder) -> dict[str, Any]:
     """Rank 0 writes the IoU records, then result.json (last: it marks the run done); every rank
     returns the result as written (JSON types, with its format version)."""
@@ -312,34 +252,11 @@ def _publish(run_dir: Path, result: dict[str, Any], recorder: IoURecorder) -> di
 
 
 def _no_evaluation(device: torch.device) -> dict[str, Any]:
-    zeros = {name: 0.0 for name in ("AP", "AP50", "AP75", "APS", "APM", "APL")}
+    zeros = {name: 0.0 for name in METRIC_NAMES}
     return {"metrics": {"bbox": dict(zeros), "segm": dict(zeros)},
             "speed": {"images_per_s": 0.0, "device": describe_device(device)},
             "eval": {"split": None, "num_images": 0, "num_detections": 0, "eval_s": 0.0,
                      "skipped": "eval.enabled is false"}}
-
-
-def _check_evaluation_out(run_config: RunConfig, out: Path) -> None:
-    """Weights from elsewhere go to a folder of their own: never over a run's results (result.json,
-    detections, IoU records) or into a training run, whose result.json would then describe them."""
-    if (out / RESULT_FILE).exists():
-        raise RunDirError(f"{out / RESULT_FILE}: {out} already holds finished results; evaluating into it would "
-                          "overwrite them; give --out a new folder")
-    if last_checkpoint_path(out).exists():
-        raise RunDirError(f"{out} is a training run (it has {last_checkpoint_path(out).relative_to(out)}); "
-                          "evaluating other weights into it would mark it finished with their numbers; give "
-                          "--out a new folder")
-    _check_run_dir(run_config, out)
-
-
-def _check_training_finished(state: dict[str, Any], run_dir: Path) -> None:
-    done, total = int(state["iteration"]), int(state["total_iters"])
-    if done < total:
-        raise RunDirError(
-            f"{run_dir}: training is not finished (its checkpoint is at iteration {done} of {total}); "
-            "evaluating it with --run would mark the half-trained run done. Finish it with "
-            f"'python -m scnet.train --config {run_dir / 'config.json'}' (it resumes), or evaluate these weights "
-            f"elsewhere with --checkpoint {last_checkpoint_path(run_dir)} --out NEW_FOLDER (and --preset, --data)")
 
 
 def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, checkpoint: str | Path | None = None,
@@ -351,24 +268,22 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
     run. A run whose training has not finished is refused: its result.json would mark it done.
     """
     run_dir = Path(run_dir)
+    folder = RunDir(run_dir)
     if run_config is None:
-        run_config = RunConfig.from_dict(read_config(run_dir))
+        run_config = folder.read_run_config()
     if checkpoint is not None:
-        _check_evaluation_out(run_config, run_dir)
+        folder.check_evaluation_out(run_config)
         run_state = None
     else:
-        run_state = require_fields(load_checkpoint(last_checkpoint_path(run_dir)), last_checkpoint_path(run_dir))
-        _check_training_finished(run_state, run_dir)
-        if (run_dir / RESULT_FILE).exists() and distributed.detect_dist_env().rank == 0:
-            try:
-                read_result(run_dir)
-            except RecordError as exc:
-                _move_aside(run_dir / RESULT_FILE, exc)
+        run_state = require_fields(load_checkpoint(folder.last_checkpoint), folder.last_checkpoint)
+        folder.check_training_finished(run_state)
+        if distributed.detect_dist_env().rank == 0:
+            folder.move_aside_invalid_result()
     with _process_group(device, gpu_required_because(run_config, training=False)) as chosen:
         apply_float32_mode(run_config.strict_fp32)
         eval_set = build_dataset(run_config, run_config.eval.split, train=False)
         check_run_splits(None, eval_set, run_config)
-        source = Path(checkpoint) if checkpoint is not None else last_checkpoint_path(run_dir)
+        source = Path(checkpoint) if checkpoint is not None else folder.last_checkpoint
         # The weights are read, and their shapes compared with the network's (on the meta device),
         # before the output folder is written: a bad checkpoint leaves nothing behind.
         state, weights = run_state, None
@@ -383,8 +298,8 @@ def evaluate_run(run_dir: str | Path, *, run_config: RunConfig | None = None, ch
         check_shapes_fit(run_model_config(run_config, eval_set), tensors, source,
                          weights.preset if weights is not None else None, run_config.preset)
         if distributed.rank() == 0:
-            _write_config_once(run_dir, run_config)
-            remove_stale_temporaries(run_dir)
+            folder.write_config_once(run_config)
+            folder.remove_stale_temporaries()
         model = build_run_model(run_config, eval_set).to(chosen)
         recorder = IoURecorder(seed=run_config.seed)
         train_s, iterations = 0.0, 0

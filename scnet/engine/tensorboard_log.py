@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scnet.records import METRIC_KINDS, METRIC_NAMES
+from scnet.records.result import METRIC_KINDS, METRIC_NAMES
 
 # Row fields that are not curves: the step itself and constants of the run.
 NOT_SCALARS = ("iter", "total_iters", "iters_per_epoch")

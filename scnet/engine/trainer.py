@@ -31,15 +31,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scnet.engine import distributed, preemption
-from scnet.engine.checkpoint import (CheckpointError, last_checkpoint_path, load_checkpoint, load_model_state,
-                                     require_fields, save_checkpoint, unusable_field)
+from scnet.engine.checkpoint import (CheckpointError, load_checkpoint, load_model_state, require_fields,
+                                     save_checkpoint, unusable_field)
+from scnet.engine.data_order import ResumableBatchSampler, SeededSamples, iters_per_epoch
 from scnet.engine.lr_schedule import learning_rate, set_learning_rate
+from scnet.engine.rng_state import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from scnet.engine.run_config import RunConfig
 from scnet.engine.run_log import ROW_FIELDS, RunLog, read_metrics
-from scnet.engine.sampling import ResumableBatchSampler, SeededSamples, iters_per_epoch
-from scnet.engine.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from scnet.engine.tensorboard_log import open_tensorboard_log
-from scnet.records import IoURecorder
+from scnet.records.iou import IoURecorder
+from scnet.records.run_dir import RunDir
 
 
 @dataclass
@@ -174,185 +175,234 @@ def _make_loader(dataset: Any, *, collate_fn: Callable, run_config: RunConfig, e
                       generator=torch.Generator().manual_seed(derive_seed("loader", run_config.seed, epoch)))
 
 
-def train(model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: RunConfig, run_dir: Path,
-          device: torch.device, recorder: IoURecorder, progress: bool = True) -> TrainOutcome:
-    """Train `model` (already on `device`) per `run_config.schedule`, resuming from run_dir's last.pth."""
-    run_dir = Path(run_dir)
-    schedule = run_config.schedule
-    rank, world = distributed.rank(), distributed.world_size()
-    is_main = rank == 0
-    log = RunLog(run_dir, enabled=is_main)
-    if schedule.batch_size % world:
-        raise ValueError(f"schedule.batch_size={schedule.batch_size} (global) is not divisible by the "
-                         f"{world} processes; use a multiple of {world}")
-    per_epoch = iters_per_epoch(len(dataset), schedule.batch_size)
-    if per_epoch < 1:
-        raise ValueError(f"{run_config.data_root}: the training split has {len(dataset)} images, fewer than "
-                         f"one global batch (schedule.batch_size={schedule.batch_size}); lower the batch size")
-    total = schedule.total_iters(per_epoch)
-    use_amp = run_config.amp and device.type == "cuda"
+class Trainer:
+    """One attempt at training a run's model (already on `device`) per `run_config.schedule`, resuming
+    from the run folder's `checkpoints/last.pth` when there is one.
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    The state that outlives a step (optimiser, AMP scaler, iteration, training time, the loss window
+    and the IoUs not yet recorded) lives on the object; each part of a step is one method.
+    """
 
-    start_iter, train_s, rng_states, windows = 0, 0.0, None, None
-    checkpoint_path = last_checkpoint_path(run_dir)
-    if checkpoint_path.exists():
-        state = require_fields(load_checkpoint(checkpoint_path), checkpoint_path)
+    def __init__(self, model: nn.Module, dataset: Any, *, collate_fn: Callable, run_config: RunConfig,
+                 run_dir: str | Path, device: torch.device, recorder: IoURecorder, progress: bool = True) -> None:
+        self.model, self.dataset, self.collate_fn = model, dataset, collate_fn
+        self.run_config, self.schedule = run_config, run_config.schedule
+        self.run_dir, self.device, self.recorder, self.progress = Path(run_dir), device, recorder, progress
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.log = RunLog(self.run_dir, enabled=self.is_main)
+        batch = self.schedule.batch_size
+        if batch % self.world:
+            raise ValueError(f"schedule.batch_size={batch} (global) is not divisible by the "
+                             f"{self.world} processes; use a multiple of {self.world}")
+        self.per_epoch = iters_per_epoch(len(dataset), batch)
+        if self.per_epoch < 1:
+            raise ValueError(f"{run_config.data_root}: the training split has {len(dataset)} images, fewer than "
+                             f"one global batch (schedule.batch_size={batch}); lower the batch size")
+        self.total = self.schedule.total_iters(self.per_epoch)
+        self.use_amp = run_config.amp and device.type == "cuda"
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=self.schedule.lr, momentum=self.schedule.momentum,
+                                         weight_decay=self.schedule.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.checkpoint_path = RunDir(self.run_dir).last_checkpoint
+        self.start_iter, self.train_s = 0, 0.0
+        self.net: nn.Module = model
+        self.ious = _IoUBuffer(recorder)
+        self.window = _LossWindow()
+        self.last_losses: dict[str, float] = {}
+
+    def train(self) -> TrainOutcome:
+        rng_states, windows = self._resume()
+        self.net = self._for_all_ranks()
+        self.net.train()
+        self._restore_or_seed(rng_states, windows)
+        bar = tqdm(total=self.total, initial=self.start_iter, desc="train", unit="it", dynamic_ncols=True,
+                   disable=not (self.progress and self.is_main))
+        iteration = self.start_iter
+        if self.is_main and self.start_iter < self.total:  # TensorBoard too, if installed
+            self.log.attach_sink(open_tensorboard_log(self.run_dir, resumed_at=self.start_iter))
+        try:
+            with preemption.listening():
+                while iteration < self.total:
+                    iteration = self._train_epoch(iteration, bar)
+            # A stop asked for during the last step: the final checkpoint is saved; let the caller requeue
+            # rather than start an evaluation the time limit may cut.
+            if self.start_iter < self.total and _stop_if_any_failed(None, iteration,
+                                                                    stop=preemption.stop_requested()):
+                raise preemption.TrainingInterrupted(iteration, _stop_reason())
+        finally:
+            bar.close()
+            self.log.close()
+        return self._outcome()
+
+    def _resume(self) -> tuple[list | None, list | None]:
+        """Load the checkpoint's state, if any; return every rank's generator states and loss windows
+        (None when starting afresh or when the process count changed)."""
+        path, total, per_epoch = self.checkpoint_path, self.total, self.per_epoch
+        if not path.exists():
+            self.log.info(f"training {total} iterations ({per_epoch} per epoch, global batch "
+                          f"{self.schedule.batch_size}, {self.world} process(es), device {self.device}, "
+                          f"amp={self.use_amp})")
+            return None, None
+        state = require_fields(load_checkpoint(path), path)
         if state["iters_per_epoch"] != per_epoch or state["total_iters"] != total:
             raise CheckpointError(
-                f"{checkpoint_path}: saved with {state['iters_per_epoch']} iterations per epoch and "
+                f"{path}: saved with {state['iters_per_epoch']} iterations per epoch and "
                 f"{state['total_iters']} in all, but this run has {per_epoch} and {total} (dataset or "
                 "batch size changed?); use a new run directory")
-        load_model_state(model, state, checkpoint_path, preset_name=run_config.preset)
+        load_model_state(self.model, state, path, preset_name=self.run_config.preset)
         try:
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            recorder.load_state_dict(state["iou_recorder"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.recorder.load_state_dict(state["iou_recorder"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            raise unusable_field(checkpoint_path, exc) from None
-        start_iter, train_s = int(state["iteration"]), float(state["train_s"])
-        if len(state["rng"]) == world:
-            rng_states = state["rng"]
-            windows = state["log_windows"]
-        elif is_main:
-            log.info(f"resuming with {world} processes from a checkpoint of {len(state['rng'])}: "
-                     "generator states re-seeded (the run stays valid but is not bit-identical)")
-        log.truncate_after(start_iter)
-        log.info(f"resumed from {checkpoint_path} at iteration {start_iter}/{total}")
-        del state
-    else:
-        log.info(f"training {total} iterations ({per_epoch} per epoch, global batch {schedule.batch_size}, "
-                 f"{world} process(es), device {device}, amp={use_amp})")
+            raise unusable_field(path, exc) from None
+        self.start_iter, self.train_s = int(state["iteration"]), float(state["train_s"])
+        rng_states = windows = None
+        if len(state["rng"]) == self.world:
+            rng_states, windows = state["rng"], state["log_windows"]
+        elif self.is_main:
+            self.log.info(f"resuming with {self.world} processes from a checkpoint of {len(state['rng'])}: "
+                          "generator states re-seeded (the run stays valid but is not bit-identical)")
+        self.log.truncate_after(self.start_iter)
+        self.log.info(f"resumed from {path} at iteration {self.start_iter}/{total}")
+        return rng_states, windows
 
-    net: nn.Module = model
-    if world > 1:
+    def _for_all_ranks(self) -> nn.Module:
+        """The model as the step runs it: itself in one process, under DDP in several."""
+        if self.world == 1:
+            return self.model
         # Set-up (data index, run files, checkpoint) takes each rank its own time: meet under the
         # patient timeout before DDP's first broadcast, the first collective with the short one.
         distributed.patient_barrier()
-        net = wrap_ddp(model, device)
-    net.train()
-    ious = _IoUBuffer(recorder)
-    window = _LossWindow()
-    try:
-        if rng_states is not None:
-            restore_rng_state(rng_states[rank])
-        if windows is not None:
-            window.load_state_dict(windows[rank])
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise unusable_field(checkpoint_path, exc) from None
-    if rng_states is None:
-        seed_everything(derive_seed("train", run_config.seed, rank, start_iter))
-    last_losses: dict[str, float] = {}
-    bar = tqdm(total=total, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-               disable=not (progress and is_main))
+        return wrap_ddp(self.model, self.device)
 
-    def save(iteration: int) -> None:
-        ious.flush()
+    def _restore_or_seed(self, rng_states: list | None, windows: list | None) -> None:
+        try:
+            if rng_states is not None:
+                restore_rng_state(rng_states[self.rank])
+            if windows is not None:
+                self.window.load_state_dict(windows[self.rank])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            raise unusable_field(self.checkpoint_path, exc) from None
+        if rng_states is None:
+            seed_everything(derive_seed("train", self.run_config.seed, self.rank, self.start_iter))
+
+    def _train_epoch(self, iteration: int, bar: tqdm) -> int:
+        """Train from `iteration` to the end of its epoch (or of the schedule); return where it stopped."""
+        epoch, start_batch = divmod(iteration, self.per_epoch)
+        loader = _make_loader(self.dataset, collate_fn=self.collate_fn, run_config=self.run_config, epoch=epoch,
+                              start_batch=start_batch, device=self.device)
+        fetch_start = time.perf_counter()  # the first fetch includes starting the workers
+        batches = iter(loader)
+        while iteration < self.total:
+            error: BaseException | None = None
+            try:
+                images, targets, _metas = next(batches)
+            except StopIteration:
+                break  # every rank has as many batches per epoch
+            except Exception as exc:  # a dataset error: tell the other ranks before raising
+                error = exc
+            step_start = time.perf_counter()
+            data_time = step_start - fetch_start
+            if _stop_if_any_failed(error, iteration, stop=preemption.stop_requested()):
+                self._stop(iteration)
+            lr = learning_rate(iteration, self.schedule, self.per_epoch)
+            set_learning_rate(self.optimizer, lr)
+            values = self._step(images, targets, iteration)
+            iteration += 1
+            step_time = time.perf_counter() - step_start
+            self.train_s += step_time + data_time
+            self.window.add(values, step_time, data_time)
+            bar.update(1)
+            if self.progress and self.is_main:
+                bar.set_postfix(loss=f"{self.window.means()['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+            if iteration % self.schedule.log_every == 0 or iteration == self.total:
+                self._log_interval(iteration, epoch, lr)
+            if iteration % self.schedule.checkpoint_every == 0 or iteration == self.total:
+                self._save(iteration)
+            fetch_start = time.perf_counter()
+        return iteration
+
+    def _step(self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],
+              iteration: int) -> dict[str, float]:
+        """Forward, the ranks' agreement that all succeeded, backward and the optimiser step; the
+        logged loss values."""
+        error: BaseException | None = None
+        try:
+            images = [image.to(self.device, non_blocking=True) for image in images]
+            targets = move_targets(targets, self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                losses = self.net(images, targets)
+            total_loss = sum(losses.values())
+            # One device-to-host copy for all the logged numbers (a sync per loss is slow on CUDA).
+            numbers = torch.stack([v.detach().float() for v in (*losses.values(), total_loss)]).tolist()
+            values = dict(zip([*losses, "loss"], numbers))
+            _check_finite(values, iteration, self.run_dir)
+        except Exception as exc:
+            error = exc
+        _stop_if_any_failed(error, iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total_loss).backward()
+        if self.schedule.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.schedule.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ious.add(getattr(unwrap(self.net), "mask_sample_ious", None))
+        return values
+
+    def _log_interval(self, iteration: int, epoch: int, lr: float) -> None:
+        """The interval's mean losses over every rank, timings and ETA: one metrics.jsonl row."""
+        self.ious.flush()
+        means = distributed.all_reduce_mean(self.window.means())
+        self.last_losses = means
+        window = self.window
+        seconds = window.step_time / max(window.count, 1)
+        seconds += window.data_time / max(window.count, 1)
+        row = {"iter": iteration, "epoch": epoch, "lr": lr, **means,
+               "time": window.step_time / max(window.count, 1),
+               "data_time": window.data_time / max(window.count, 1),
+               "eta_s": seconds * (self.total - iteration),
+               "total_iters": self.total, "iters_per_epoch": self.per_epoch}
+        if self.device.type == "cuda":
+            row["memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.log.metrics(row)
+        self.window = _LossWindow()
+
+    def _save(self, iteration: int) -> None:
+        """Every rank's generators and loss window, gathered; rank 0 writes the checkpoint."""
+        self.ious.flush()
         states = distributed.gather_to_main(capture_rng_state())
-        log_windows = distributed.gather_to_main(window.state_dict())
-        if is_main:
-            save_checkpoint(checkpoint_path, {
-                "iteration": iteration, "total_iters": total, "iters_per_epoch": per_epoch,
-                "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "iou_recorder": recorder.state_dict(), "rng": states,
+        log_windows = distributed.gather_to_main(self.window.state_dict())
+        if self.is_main:
+            save_checkpoint(self.checkpoint_path, {
+                "iteration": iteration, "total_iters": self.total, "iters_per_epoch": self.per_epoch,
+                "model": unwrap(self.net).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "iou_recorder": self.recorder.state_dict(), "rng": states,
                 "log_windows": log_windows,
-                "train_s": train_s, "world_size": world, "run_config": run_config.to_dict(),
+                "train_s": self.train_s, "world_size": self.world, "run_config": self.run_config.to_dict(),
             })
         distributed.patient_barrier()
 
-    iteration = start_iter
-    if is_main and start_iter < total:  # TensorBoard too, if installed
-        log.attach_sink(open_tensorboard_log(run_dir, resumed_at=start_iter))
-    try:
-        with preemption.listening():
-            while iteration < total:
-                epoch, start_batch = divmod(iteration, per_epoch)
-                loader = _make_loader(dataset, collate_fn=collate_fn, run_config=run_config, epoch=epoch,
-                                      start_batch=start_batch, device=device)
-                fetch_start = time.perf_counter()  # the first fetch includes starting the workers
-                batches = iter(loader)
-                while iteration < total:
-                    error: BaseException | None = None
-                    try:
-                        images, targets, _metas = next(batches)
-                    except StopIteration:
-                        break  # every rank has as many batches per epoch
-                    except Exception as exc:  # a dataset error: tell the other ranks before raising
-                        error = exc
-                    step_start = time.perf_counter()
-                    data_time = step_start - fetch_start
-                    if _stop_if_any_failed(error, iteration, stop=preemption.stop_requested()):
-                        save(iteration)
-                        reason = _stop_reason()
-                        log.info(f"stopped at iteration {iteration}/{total} ({reason}); checkpoint saved")
-                        raise preemption.TrainingInterrupted(iteration, reason)
-                    lr = learning_rate(iteration, schedule, per_epoch)
-                    set_learning_rate(optimizer, lr)
-                    try:
-                        images = [image.to(device, non_blocking=True) for image in images]
-                        targets = move_targets(targets, device)
-                        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                            losses = net(images, targets)
-                        total_loss = sum(losses.values())
-                        # One device-to-host copy for all the logged numbers (a sync per loss is slow on CUDA).
-                        numbers = torch.stack([v.detach().float() for v in (*losses.values(), total_loss)]).tolist()
-                        values = dict(zip([*losses, "loss"], numbers))
-                        _check_finite(values, iteration, run_dir)
-                    except Exception as exc:
-                        error = exc
-                    _stop_if_any_failed(error, iteration)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(total_loss).backward()
-                    if schedule.grad_clip_norm is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    ious.add(getattr(unwrap(net), "mask_sample_ious", None))
-                    iteration += 1
-                    step_time = time.perf_counter() - step_start
-                    train_s += step_time + data_time
-                    window.add(values, step_time, data_time)
-                    bar.update(1)
-                    if progress and is_main:
-                        bar.set_postfix(loss=f"{window.means()['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+    def _stop(self, iteration: int) -> None:
+        """A stop request (SLURM's warning signal) on any rank: save where every rank stands, then leave."""
+        self._save(iteration)
+        reason = _stop_reason()
+        self.log.info(f"stopped at iteration {iteration}/{self.total} ({reason}); checkpoint saved")
+        raise preemption.TrainingInterrupted(iteration, reason)
 
-                    if iteration % schedule.log_every == 0 or iteration == total:
-                        ious.flush()
-                        means = distributed.all_reduce_mean(window.means())
-                        last_losses = means
-                        seconds = window.step_time / max(window.count, 1)
-                        seconds += window.data_time / max(window.count, 1)
-                        row = {"iter": iteration, "epoch": epoch, "lr": lr, **means,
-                               "time": window.step_time / max(window.count, 1),
-                               "data_time": window.data_time / max(window.count, 1),
-                               "eta_s": seconds * (total - iteration),
-                               "total_iters": total, "iters_per_epoch": per_epoch}
-                        if device.type == "cuda":
-                            row["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                        log.metrics(row)
-                        window = _LossWindow()
-                    if iteration % schedule.checkpoint_every == 0 or iteration == total:
-                        save(iteration)
-                    fetch_start = time.perf_counter()
-        # A stop asked for during the last step: the final checkpoint is saved; let the caller requeue
-        # rather than start an evaluation the time limit may cut.
-        if start_iter < total and _stop_if_any_failed(None, iteration, stop=preemption.stop_requested()):
-            raise preemption.TrainingInterrupted(iteration, _stop_reason())
-    finally:
-        bar.close()
-        log.close()
-    if start_iter == total:
-        log.info("training already complete; evaluating")
-        rows = read_metrics(run_dir) if is_main else []
-        last_losses = {k: v for k, v in rows[-1].items() if k not in ROW_FIELDS} if rows else {}
-    else:
-        log.info(f"training done: {total} iterations, {train_s:.1f} s")
-    return TrainOutcome(iterations=total, iters_per_epoch=per_epoch, train_s=train_s,
-                        resumed_from=start_iter, last_losses=last_losses)
+    def _outcome(self) -> TrainOutcome:
+        last_losses = self.last_losses
+        if self.start_iter == self.total:
+            self.log.info("training already complete; evaluating")
+            rows = read_metrics(self.run_dir) if self.is_main else []
+            last_losses = {k: v for k, v in rows[-1].items() if k not in ROW_FIELDS} if rows else {}
+        else:
+            self.log.info(f"training done: {self.total} iterations, {self.train_s:.1f} s")
+        return TrainOutcome(iterations=self.total, iters_per_epoch=self.per_epoch, train_s=self.train_s,
+                            resumed_from=self.start_iter, last_losses=last_losses)
 
 
 def iou_summary(recorder: IoURecorder) -> dict[str, Any]:

@@ -127,7 +127,7 @@ def check_file(source: WeightsSource) -> None:
 def read_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The file's tensors by name; `{"state_dict": ...}` wrappers and DDP's `module.` prefix are undone
     (mmengine's loader does the same)."""
-    from scnet.checkpoints.loading import CheckpointError, tensor_dict
+    from scnet.checkpoints.loading import WeightsError, tensor_dict
     from scnet.messages import path_problem
     from scnet.checkpoints.torch_file import TorchFileError, read_torch_file
 
@@ -146,7 +146,7 @@ def read_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
                                    f"{type(payload).__name__}")
     try:
         state = dict(tensor_dict(dict(payload), "state_dict"))
-    except CheckpointError as exc:
+    except WeightsError as exc:
         raise BackboneWeightsError(f"{path}: {exc}") from None
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}

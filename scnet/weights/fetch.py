@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: --preset: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from scnet.records import OutputError, check_writable_dir
+    from scnet.records.files import OutputError, check_writable_dir
     from scnet.weights.backbone_init import hub_checkpoint_dir
 
     try:  # a file in the way of the hub folder is this machine's problem, not the network's

@@ -19,8 +19,8 @@ from typing import Any, Iterator, Sequence
 
 from torch.utils.data import Dataset, Sampler
 
-from scnet.data.seeding import epoch_permutation
-from scnet.engine.seeding import derive_seed, isolated_rng
+from scnet.data.sample_seeds import epoch_permutation
+from scnet.engine.rng_state import derive_seed, isolated_rng
 
 
 def epoch_order(seed: int, epoch: int, num_items: int) -> list[int]:
