@@ -123,6 +123,12 @@ def test_host_device_synchronisations_are_counted_per_source_line():
     assert sites[0][0].endswith("test_benchmarks_gpu_check.py:" + sites[0][0].rsplit(":", 1)[1])
 
 
+def test_a_step_that_syncs_more_than_the_budget_fails():
+    assert gpu_check.judge_syncs(None) == []  # AMP rows and the CPU: not counted
+    assert gpu_check.judge_syncs(gpu_check.SYNC_BUDGET_PER_STEP) == []
+    assert gpu_check.judge_syncs(195)  # the heads before issue 14
+
+
 def test_measured_throughput_feeds_the_paper_dry_run(tmp_path):
     from experiments.estimate import read_throughput
     from experiments.runspec import UsageError
