@@ -101,6 +101,24 @@ def _release(job_id: str) -> None:
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 
+def _requeue_until_started(job_id: str, run_dir: Path, tries: int = 3) -> None:
+    """Requeue an ended job and let it start now, until its second start is logged.
+
+    slurmd remembers a job it was told to signal for a moment after the job ends: a requeued copy
+    that the scheduler allocates within that moment exits at once ("Job N already killed, do not
+    launch batch job" in slurmd.log) without running anything. A user's next experiments.run call
+    resubmits such a run; this test wants the requeued job itself, so it asks again."""
+    for _ in range(tries):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        _release(job_id)
+        _wait(lambda: "start #2" in _log(run_dir) or _queue_state(job_id)[0] == "GONE", 120,
+              f"job {job_id} to start again or to end")
+        if "start #2" in _log(run_dir):
+            return
+        time.sleep(2)
+    raise AssertionError(f"the requeued job {job_id} never started ({tries} requeues); see slurmd.log")
+
+
 def _job_processes(job_id: str) -> set[int]:
     """Python processes of an array task on this (the only) node: the job's own and its loader workers."""
     array_id, task = job_id.split("_")
@@ -166,8 +184,7 @@ def test_preempted_smoke_runs_resume_from_the_checkpoint_their_signal_made(tmp_p
         # the test requeues it, as a later experiments.run call (or SLURM's PreemptMode=REQUEUE) would.
         _wait(lambda: _queue_state(job_ids[1])[0] == "GONE", 120, "the terminated job to end")
         assert "on signal SIGTERM; not requeueing: cancelled or out of time" in _log(terminated), _log(terminated)
-        subprocess.run(["scontrol", "requeue", job_ids[1]], check=True)
-        _release(job_ids[1])
+        _requeue_until_started(job_ids[1], terminated)
         _release(job_ids[0])  # submitit requeued it
 
         gather = subprocess.Popen(_harness_command(tmp_path, data), cwd=REPO, env=_harness_env(),

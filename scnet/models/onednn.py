@@ -4,7 +4,7 @@ PyTorch's default CPU convolution already runs oneDNN's kernel, but converts its
 blocked layout and the result back on every call. Keeping a whole chain (the mask branch's 4 or 12
 convs, their ReLUs and residual sums) in that layout skips those conversions: about 20% off the mask
 branch on a 2-core CPU. It is the *same* kernel with the same weights, so the result is bit-identical
-to the default path (tests/test_onednn.py checks it), which keeps the MMDetection equivalence intact.
+to the default path (tests/test_model_cpu_inference.py checks it), which keeps the MMDetection equivalence intact.
 Channels-last would be faster still but uses another kernel and changes the last bits.
 """
 from __future__ import annotations
