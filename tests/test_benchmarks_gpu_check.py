@@ -195,6 +195,7 @@ def test_gpu_check_fails_on_a_nan_loss():
     assert row[3] == "FAILED" and "non-finite loss loss=nan" in row[7]
 
 
+@pytest.mark.slow
 def test_gpu_check_without_cuda_is_one_error_line():
     import torch
 

@@ -58,6 +58,7 @@ def refused(path: Path, match: str) -> str:
 
 # ---------------------------------------------------------------------- item 1: allow-listed globals
 
+@pytest.mark.slow
 def test_numpy_array_with_an_object_dtype_set_by_build_is_an_inert_placeholder(tmp_path):
     """The memory-corruption file: numpy rebuilt it and printing it crashed (exit 139)."""
     path = h.zip_file(tmp_path / "object_dtype.pth", h.numpy_object_array())
@@ -70,6 +71,7 @@ def test_numpy_array_with_an_object_dtype_set_by_build_is_an_inert_placeholder(t
     assert repr(leaf).startswith("<not loaded: numpy.core.multiarray._reconstruct")
 
 
+@pytest.mark.slow
 def test_a_nested_list_of_a_few_hundred_bytes_is_refused_not_printed(tmp_path):
     """2**60 elements through the memo: its repr took minutes and gigabytes."""
     data = h.nested_list_bomb(60)
@@ -106,6 +108,7 @@ def test_only_data_and_tensor_rebuilds_are_admitted(name, body, match, tmp_path)
 
 # ---------------------------------------------------------------------------- item 2: amplification
 
+@pytest.mark.slow
 def test_bytearray_of_a_count_is_refused(tmp_path):
     """33 bytes that asked for bytearray(3e9)."""
     data = h.program(h.call(h.global_("__builtin__", "bytearray"), h.int_(3 * 10 ** 9)))
@@ -114,6 +117,7 @@ def test_bytearray_of_a_count_is_refused(tmp_path):
     assert code == 2 and "bytearray from something other than bytes" in out, out
 
 
+@pytest.mark.slow
 def test_only_the_latin1_codec_is_admitted(tmp_path):
     """_codecs.encode with punycode ran for minutes on 140 KB (quadratic in distinct characters: these
     24 KB take ~45 s)."""
@@ -140,6 +144,7 @@ def test_colliding_integer_keys_are_refused(tmp_path):
     refused(path, "integer of over 60 bits")
 
 
+@pytest.mark.slow
 def test_a_zip_entry_larger_than_the_file_is_refused_before_inflating(tmp_path):
     """A 2 MB zip that inflated to 2.8 GB: entries may not claim more than the file's size."""
     path = tmp_path / "deflated.pth"
@@ -164,6 +169,7 @@ def test_zip_storages_must_match_their_records(numel, record, match, tmp_path):
     refused(path, match)
 
 
+@pytest.mark.slow
 def test_a_tensor_larger_than_its_storage_is_refused_without_allocating(tmp_path):
     data = h.state_dict_of(h.rebuild_tensor(h.storage_pid("0", 4), (10 ** 6, 10 ** 6), (10 ** 6, 1)))
     path = h.zip_file(tmp_path / "view.pth", data, {"0": b"\0" * 16})
@@ -198,6 +204,7 @@ def test_byte_array8_longer_than_the_input_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------ item 3: tar format
 
+@pytest.mark.slow
 def test_the_legacy_tar_format_is_refused_without_extracting(tmp_path, monkeypatch):
     """torch's tar loader hangs on a FIFO member, follows symlinks and mknods devices."""
     path = tmp_path / "old.tar.pth"

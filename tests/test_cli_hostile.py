@@ -66,6 +66,7 @@ def unfinish(run_dir: Path, **changes) -> None:
 
 # ------------------------------------------------------------- item 4: training checkpoint fields
 
+@pytest.mark.slow
 def test_a_checkpoint_missing_a_field_is_one_line_on_resume(data, finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
     unfinish(run, optimizer=None)
@@ -135,6 +136,7 @@ def test_a_second_train_or_evaluate_on_a_held_run_is_refused(data, finished, tmp
     assert sorted(p.name for p in fresh.iterdir()) == ["run.lock"]
 
 
+@pytest.mark.slow
 def test_a_lock_handed_down_by_the_local_executor_is_used(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with RunLock(run) as lock:
@@ -151,6 +153,7 @@ def weights(tmp_path_factory) -> Path:
     return save_weights(tmp_path_factory.mktemp("w") / "m.pth", build_model(PRESET), preset=PRESET)
 
 
+@pytest.mark.slow
 def test_predict_refuses_an_existing_file_and_any_run_folder(weights, finished, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(image)

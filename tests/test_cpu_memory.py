@@ -26,6 +26,7 @@ def _faults_in_last_round(mode: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_memory_is_reused():
     default, kept = _faults_in_last_round("default"), _faults_in_last_round("keep")

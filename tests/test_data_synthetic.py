@@ -154,6 +154,7 @@ def test_cli_writes_the_layout_and_reports_refusals(tmp_path: Path, capsys: pyte
     assert "train=0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs(tmp_path: Path) -> None:
     out = tmp_path / "module"
     done = subprocess.run([sys.executable, "-m", "scnet.data.synthetic", "--out", str(out), "--train", "2",

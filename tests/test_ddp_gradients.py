@@ -41,6 +41,7 @@ def ddp_gradients(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_two_gloo_ranks_give_one_process_gradients(ddp_gradients, arch):
     previous = torch.get_num_threads()

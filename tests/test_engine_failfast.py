@@ -129,6 +129,7 @@ def _two_ranks(mode: str, run_dir: Path, collective_timeout_s: int = 3600) -> li
 
 @pytest.mark.parametrize("mode, error", [("dataset-error", "OSError: injected: cannot read image"),
                                          ("nan-loss", "FloatingPointError:")])
+@pytest.mark.slow
 def test_one_failing_rank_stops_the_other_at_once(shapes, tmp_path, mode, error):
     run_dir = tmp_path / "run"
     write_config(run_dir, _config(shapes).to_dict())
@@ -140,6 +141,7 @@ def test_one_failing_rank_stops_the_other_at_once(shapes, tmp_path, mode, error)
     assert not (run_dir / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_a_hung_rank_stops_the_other_at_the_short_collective_timeout(shapes, tmp_path):
     run_dir = tmp_path / "run"
     write_config(run_dir, _config(shapes).to_dict())
@@ -156,6 +158,7 @@ def test_a_hung_rank_stops_the_other_at_the_short_collective_timeout(shapes, tmp
     assert "FAILED" in out0 and "imed out" in out0, out0[-3000:]  # gloo: "Timed out waiting 10000ms ..."
 
 
+@pytest.mark.slow
 def test_a_rank_slower_at_start_up_than_the_collective_timeout_still_trains(shapes, tmp_path):
     """Start-up skew (late process start, slow data indexing) is waited for with the patient timeout;
     the short one applies to training steps only (issue 19, item 1)."""
@@ -180,6 +183,7 @@ def test_collective_timeout_comes_from_the_environment():
             collective_timeout({"SCNET_COLLECTIVE_TIMEOUT_S": bad})
 
 
+@pytest.mark.slow
 def test_a_stop_request_on_one_rank_checkpoints_both_and_the_resume_repeats_nothing(shapes, tmp_path):
     run_dir = tmp_path / "run"
     config = _config(shapes, max_iters=5, checkpoint_every=100)  # no periodic checkpoint before the end
@@ -244,6 +248,7 @@ def test_usr2_during_training_saves_and_interrupts_in_one_process(shapes, tmp_pa
 
 # ------------------------------------------------------------------------------------ item 8: eval
 
+@pytest.mark.slow
 def test_two_process_evaluation_gathers_on_rank_0_and_times_one_process(shapes, tmp_path):
     run_dir = tmp_path / "run"
     write_config(run_dir, _config(shapes, max_iters=2, eval_enabled=True).to_dict())

@@ -96,6 +96,7 @@ def overfit_run(shapes2, tmp_path_factory):
     return config, run_dir, run_training(config, run_dir, progress=False)
 
 
+@pytest.mark.slow
 def test_smoke_model_overfits_two_images(overfit_run):
     config, run_dir, result = overfit_run
     rows = read_metrics(run_dir)
@@ -166,6 +167,7 @@ def _resume_config(data: Path) -> RunConfig:
         num_workers=0, eval=EvalConfig(enabled=False))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(shapes4, tmp_path):
     config = _resume_config(shapes4)
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
@@ -216,6 +218,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(shapes4, tmp_path):
     config = RunConfig(
         preset="cascade_mask_rcnn_r18_smoke", data_root=str(shapes4), scale="smoke", image_scale=SIZE, seed=3,

@@ -206,6 +206,7 @@ def smoke_data(tmp_path_factory) -> Path:
     return ensure_synthetic(tmp_path_factory.getbasetemp() / "smoke-shapes", seed=0)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_one_run_on_the_cpu(tmp_path, smoke_data):
     """The multi-GPU path without GPUs: two gloo ranks, each half of the global batch."""
     spec = build_matrix(["figure1"], "smoke", smoke_data.resolve(), overrides=parse_overrides(TINY[1::2]))[0]

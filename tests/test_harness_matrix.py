@@ -76,6 +76,7 @@ def test_seeds_repeat_every_run_with_distinct_ids():
     assert len({spec.run_id for spec in three}) == 9
 
 
+@pytest.mark.slow
 def test_run_id_is_stable_across_processes_and_config_files(tmp_path):
     ids = [spec.run_id for spec in build_matrix(["table4"], "smoke", tmp_path)]
     code = ("import json, sys; from pathlib import Path; from experiments.runspec import build_matrix; "

@@ -45,6 +45,7 @@ def _run_dirs(table: str, root: Path, data: Path) -> list[Path]:
     return [spec.run_dir(root / "runs") for spec in build_matrix([table], "smoke", data.resolve(), overrides=overrides)]
 
 
+@pytest.mark.slow
 def test_two_invocations_at_once_train_each_run_once(tmp_path, smoke_data):
     run_dirs = _run_dirs("figure1", tmp_path, smoke_data)
     first = subprocess.Popen(_args("figure1", tmp_path, smoke_data), cwd=REPO, env=_env(),
@@ -68,6 +69,7 @@ def test_two_invocations_at_once_train_each_run_once(tmp_path, smoke_data):
     assert "training w/o SC | 1 |" in out1 and "training w/o SC | 1 |" in out2
 
 
+@pytest.mark.slow
 def test_failed_run_is_reported_with_its_log_and_others_finish_then_finished_runs_are_skipped(tmp_path, smoke_data):
     broken, healthy = _run_dirs("figure1", tmp_path, smoke_data)
     (broken / "checkpoints").mkdir(parents=True)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("scnet", "experiments", "analysis", "benchmarks")
 # Standard-library names added in 3.11 that a 3.10 interpreter lacks.
@@ -29,6 +31,7 @@ def _pyproject() -> str:
     return (REPO / "pyproject.toml").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_profiles_load_on_python_3_10_through_tomli():
     """With tomllib unimportable (as on 3.10), profile.py takes `tomli`, which pyproject requires there;
     here the stand-in `tomli` is the standard parser it was merged from."""
@@ -47,6 +50,7 @@ def test_profiles_load_on_python_3_10_through_tomli():
     assert done.stdout.split() == ["gpu", "8"]
 
 
+@pytest.mark.slow
 def test_without_tomllib_or_tomli_the_import_fails_naming_tomli():
     script = ("import sys\nsys.modules['tomllib'] = None\nsys.modules['tomli'] = None\n"
               "import experiments.profile\n")

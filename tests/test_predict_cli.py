@@ -93,6 +93,7 @@ def training_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_a_training_checkpoint_needs_no_preset(training_checkpoint, photo, tmp_path):
     out = tmp_path / "dets.json"
     assert main(_args(training_checkpoint, photo, out)) == 0

@@ -60,6 +60,7 @@ def _executor(tmp_path: Path, tasks: int, cpus_per_task: int):
     return executor
 
 
+@pytest.mark.slow
 def test_rank_0_without_the_lock_ends_the_whole_job(tmp_path, slurm_cluster):
     from scnet.engine.run_config import RunConfig
     from scnet.records.run_dir import write_config

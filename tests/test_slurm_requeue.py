@@ -155,6 +155,7 @@ def _wait(condition, timeout: float, what: str, every: float = 0.2) -> None:
         time.sleep(every)
 
 
+@pytest.mark.slow
 def test_preempted_smoke_runs_resume_from_the_checkpoint_their_signal_made(tmp_path, slurm_cluster):
     from scnet.data import ensure_synthetic
 
@@ -245,6 +246,7 @@ def _first_resume(run_dir: Path) -> int:
     raise AssertionError(f"no resume in the log of {run_dir}")
 
 
+@pytest.mark.slow
 def test_a_job_the_cluster_refuses_is_one_clear_error_before_anything_is_submitted(tmp_path, slurm_cluster):
     (tmp_path / "profile.toml").write_text(PROFILE.replace('partition = "debug"', 'partition = "no-such-queue"'))
     refused = _harness(tmp_path, tmp_path / "shapes", timeout=120)

@@ -62,6 +62,7 @@ def _batch(objects: int, seed: int) -> tuple[list[torch.Tensor], list[dict]]:
     return images, targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn", "htc", "scnet"])
 def test_smoke_presets_stay_within_the_sync_budget(arch, monkeypatch):
     monkeypatch.setattr(roi_heads, "paste_masks", paste_masks_batched)  # as on a GPU: one host read per image

@@ -30,6 +30,7 @@ def run(checkpoint, out, *extra, flip="off", sampler="all", preset=PRESET):
     return main(argv)
 
 
+@pytest.mark.slow
 def test_report_fields_and_mmdetection_names(checkpoint, tmp_path):
     out = tmp_path / "step.json"
     assert run(checkpoint, out) == 0
@@ -55,6 +56,7 @@ def test_report_fields_and_mmdetection_names(checkpoint, tmp_path):
     assert report["params_without_grad"] == []
 
 
+@pytest.mark.slow
 def test_sampler_all_is_deterministic_and_random_draws_the_configured_sizes(checkpoint, tmp_path):
     reports = []
     for name in ("a", "b"):
@@ -67,6 +69,7 @@ def test_sampler_all_is_deterministic_and_random_draws_the_configured_sizes(chec
     assert rpn["pos"] + rpn["neg"] == 256  # RandomSampler(num=256) over far more candidates
 
 
+@pytest.mark.slow
 def test_given_proposals_skip_the_rpn(checkpoint, tmp_path):
     boxes = [[380.0, 180.0, 820.0, 500.0, 1.0], [100.0, 100.0, 300.0, 260.0, 0.5], [0.0, 0.0, 50.0, 40.0, 0.1]]
     proposals = tmp_path / "proposals.json"

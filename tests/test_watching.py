@@ -86,6 +86,7 @@ def _line(fig, gid: str):
 
 # -------------------------------------------------------------------------------------------- curves
 
+@pytest.mark.slow
 def test_curves_draw_the_logged_series_with_moving_average_and_schedule_lr_steps(run, tmp_path):
     _, run_dir, result = run
     rows = read_metrics(run_dir)
@@ -279,6 +280,7 @@ print(json.dumps({"installed": tensorboard_installed(), "imported": sorted(impor
 """
 
 
+@pytest.mark.slow
 def test_without_tensorboard_nothing_is_imported_and_no_event_file_written(run, tmp_path):
     _, run_dir, _ = run
     config = json.loads((run_dir / "config.json").read_text())
