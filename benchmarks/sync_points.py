@@ -8,7 +8,8 @@ of --objects. Inference: the coffee photo with the deterministic reference weigh
 (shared/reference; random weights on a random image when it is absent), 100 detections, batch 1.
 Counted by `scnet.sync_points.count_sync_points` on the CPU, after a small uncounted inference that
 makes the per-device constants (anchors, coder stds); masks are pasted by the GPU's batched
-path (`paste_masks_batched`, one host read per image) rather than the CPU's box-by-box one, so the
+path (`paste_masks_batched`, one host read per image) rather than the CPU's box-by-box one, and NMS
+is never split by group (the CPU splits above 10,000 boxes), so the
 figures are those of a GPU step. With CUDA present the same runs are repeated on the GPU under
 `torch.cuda.set_sync_debug_mode("warn")`, whose warnings are counted too (`--device cuda` alone).
 Not a test: tests/test_sync_points.py holds the smoke presets to the budget.
@@ -28,10 +29,11 @@ from typing import Iterator
 import torch
 
 from scnet import build_model
-from scnet.checkpoints import load_checkpoint
+from scnet.checkpoints import load_weights
 from scnet.data.pipeline import test_input
 from scnet.equivalence import write_reference_checkpoint
 from scnet.image_io import read_bgr
+from scnet.models import nms as nms_module
 from scnet.models import roi_heads
 from scnet.models.postprocess import paste_masks_batched
 from scnet.sync_points import SyncPoints, count_sync_points
@@ -42,14 +44,15 @@ PRESETS = ("mask_rcnn_r50", "cascade_mask_rcnn_r50", "htc_r50", "scnet_r50")
 
 
 @contextmanager
-def gpu_pasting() -> Iterator[None]:
-    """Paste masks as on a GPU (one host read per image) whatever the device."""
-    cpu_paste = roi_heads.paste_masks
-    roi_heads.paste_masks = paste_masks_batched
+def gpu_paths() -> Iterator[None]:
+    """Paste masks (one host read per image) and run NMS (one call, never split by group) as on a GPU,
+    whatever the device."""
+    cpu_paste, cpu_split = roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE
+    roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE = paste_masks_batched, None
     try:
         yield
     finally:
-        roi_heads.paste_masks = cpu_paste
+        roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE = cpu_paste, cpu_split
 
 
 @contextmanager
@@ -101,7 +104,7 @@ def inference_image(preset: str, device: torch.device) -> tuple[SyncPoints, Coun
     manifest = REFERENCE / f"{preset}.state_dict.json"
     if manifest.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            load_checkpoint(model, write_reference_checkpoint(manifest, Path(tmp) / "w.pth"))
+            load_weights(model, write_reference_checkpoint(manifest, Path(tmp) / "w.pth"))
         image, meta = test_input(read_bgr(REFERENCE / "oracle" / "coffee_1200x800.png"))
     else:
         image, meta = torch.rand(3, 800, 1216) * 255, None
@@ -109,7 +112,7 @@ def inference_image(preset: str, device: torch.device) -> tuple[SyncPoints, Coun
     warm_up(model, device)
     image = image.to(device)
     with torch.inference_mode():
-        with gpu_pasting(), cuda_sync_warnings(device) as cuda_points, count_sync_points() as points:
+        with gpu_paths(), cuda_sync_warnings(device) as cuda_points, count_sync_points() as points:
             out = model([image], image_metas=None if meta is None else [meta])[0]
     return points, cuda_points, int(out["scores"].numel())
 

@@ -6,6 +6,8 @@ the code, not a timing: it is the same on every machine. The pieces that replace
 NMS, RoIs pooled level by level after one sort) give the usual answers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.ops import nms, roi_align
@@ -103,6 +105,21 @@ def test_grouped_nms_is_one_nms_per_group():
     assert batched_nms(boxes[:0], scores[:0], groups[:0], 0.5).shape == (0,)
 
 
+def test_grouped_nms_split_by_group_on_the_cpu_keeps_the_same_boxes(monkeypatch):
+    """Above the split size the CPU runs one NMS per group (as mmcv above split_thr): same boxes kept,
+    in the same order of decreasing score, as the single call on the shifted boxes."""
+    from scnet.models import nms as nms_module
+
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(400, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(400, 2, generator=g) * 40], dim=1)
+    scores, groups = torch.rand(400, generator=g), torch.randint(3, 9, (400,), generator=g)
+    single = batched_nms(boxes, scores, groups, 0.5)
+    monkeypatch.setattr(nms_module, "CPU_SPLIT_ABOVE", 50)
+    split = batched_nms(boxes, scores, groups, 0.5)
+    assert len(single) < 400 and torch.equal(split, single)
+
+
 def test_rois_pooled_level_by_level_are_each_rois_own_pooling():
     g = torch.Generator().manual_seed(1)
     features = [torch.rand(2, 4, 64 // 2 ** k, 96 // 2 ** k, generator=g) for k in range(5)]
@@ -117,3 +134,13 @@ def test_rois_pooled_level_by_level_are_each_rois_own_pooling():
                           sampling_ratio=0, aligned=True)
         assert torch.equal(out[i:i + 1], alone)
     assert len(set(levels.tolist())) > 2  # several levels were exercised
+
+
+def test_every_benchmark_script_imports(monkeypatch):
+    """The benchmarks are not run by CI; importing each at least catches a name that moved."""
+    import importlib
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    for script in sorted(bench.glob("*.py")):
+        importlib.import_module(script.stem)
