@@ -34,7 +34,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
 def _nms_group_by_group(shifted: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
                         iou_threshold: float) -> torch.Tensor:
     order = torch.argsort(groups, stable=True)
-    sizes = torch.bincount(groups[order] - groups.min()).tolist()  # the one host read of the group sizes
+    sizes = torch.bincount(groups - groups.min()).tolist()  # the one host read; counts need no sorting
     kept, start = [], 0
     for size in sizes:
         if size:
