@@ -1,13 +1,12 @@
 """RoIAlign over the FPN level that matches each box's scale (MMDetection's SingleRoIExtractor:
 level = floor(log2(sqrt(area) / 56)), clamped to P2-P5; aligned=True, adaptive sampling).
 
-torchvision's CPU RoIAlign runs on one thread, forward and backward, so with more than one torch thread
-the work is split across a small thread pool (the ops release the GIL): the forward by RoIs (each
-output RoI is computed alone), the backward by channels (a channel's input gradient only receives that
-channel's output gradients, summed in torchvision's order). Every number is torchvision's, bit for bit;
-one thread (`OMP_NUM_THREADS=1`, as the smoke harness runs two trainings on two cores) takes
-torchvision's own path. The backward is the costly half (about 9x the forward: torchvision recomputes
-the sampling geometry for every channel), about a quarter of a smoke training step.
+On the CPU the forward is torchvision's, split over a small thread pool by RoIs when torch has more
+than one thread (the op releases the GIL; each output RoI is computed alone, so every number is
+torchvision's, bit for bit). The backward is `roi_align_grad.roi_align_input_grad`: torchvision's CPU
+backward recomputes the sampling geometry for every channel and ran at about 9x the forward, a quarter
+to a third of a one-thread smoke training step; the separable form gives the same gradient to float32
+rounding at a third to a seventh of the time. CUDA uses torchvision's kernels, forward and backward.
 """
 from __future__ import annotations
 
@@ -18,9 +17,12 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import roi_align
 
+from scnet.models.roi_align_grad import roi_align_input_grad
+
 FEATURE_STRIDES = (4, 8, 16, 32)
 _FINEST_SCALE = 56
 _MIN_ROIS_PER_THREAD = 8
+_FEW_ROIS = 8  # below this the backward is torchvision's own
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -66,38 +68,38 @@ def _forward_by_rois(feature: torch.Tensor, rois: torch.Tensor, size: int, scale
     return out
 
 
-def _backward_by_channels(grad: torch.Tensor, rois: torch.Tensor, feature_shape: torch.Size, size: int,
-                          scale: float) -> torch.Tensor:
-    batch, channels, height, width = feature_shape
-    bounds = torch.linspace(0, channels, min(torch.get_num_threads(), channels) + 1).round().long().tolist()
-    chunks = list(zip(bounds[:-1], bounds[1:]))
-    parts = list(_pool().map(lambda c: torch.ops.torchvision._roi_align_backward(
-        grad[:, c[0]:c[1]], rois, scale, size, size, batch, c[1] - c[0], height, width, 0, True), chunks))
-    return torch.cat(parts, dim=1)
-
-
-class _ThreadedRoIAlign(torch.autograd.Function):
-    """torchvision's RoIAlign (aligned, adaptive sampling) with both passes split over threads."""
+class _CpuRoIAlign(torch.autograd.Function):
+    """torchvision's RoIAlign forward (aligned, adaptive sampling; split over threads by RoIs when
+    there are several) with the separable CPU backward."""
 
     @staticmethod
     def forward(ctx, feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
         ctx.save_for_backward(rois)
         ctx.size, ctx.scale, ctx.feature_shape = size, scale, feature.shape
-        return _forward_by_rois(feature, rois, size, scale)
+        if _split_over_threads(feature, rois):
+            return _forward_by_rois(feature, rois, size, scale)
+        return torch.ops.torchvision.roi_align(feature, rois, scale, size, size, 0, True)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (rois,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        return _backward_by_channels(grad, rois, ctx.feature_shape, ctx.size, ctx.scale), None, None, None
+        if rois.shape[0] < _FEW_ROIS:  # torchvision's loop is cheap here and needs no channels-last copy
+            batch, channels, height, width = ctx.feature_shape
+            return torch.ops.torchvision._roi_align_backward(
+                grad, rois, ctx.scale, ctx.size, ctx.size, batch, channels, height, width, 0, True), None, None, None
+        return roi_align_input_grad(grad, rois, ctx.feature_shape, ctx.size, ctx.scale), None, None, None
 
 
 def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
-    if not _split_over_threads(feature, rois):
+    if feature.device.type != "cpu":
         return roi_align(feature, rois, size, spatial_scale=scale, sampling_ratio=0, aligned=True)
-    return _ThreadedRoIAlign.apply(feature, rois, size, scale)
-
+    if feature.requires_grad and torch.is_grad_enabled():
+        return _CpuRoIAlign.apply(feature, rois, size, scale)
+    if _split_over_threads(feature, rois):
+        return _forward_by_rois(feature, rois, size, scale)
+    return torch.ops.torchvision.roi_align(feature, rois, scale, size, size, 0, True)
 
 
 @dataclass(frozen=True)
