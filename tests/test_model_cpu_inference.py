@@ -118,7 +118,7 @@ def _roi_align_pass(fn, features: list[torch.Tensor], threads: int) -> tuple[tor
 
 def test_threaded_roi_align_forward_is_torchvisions_bit_for_bit_and_its_gradient_torchvisions_to_rounding():
     """RoIs are shared out across threads in the forward (large ones interleaved with small ones); one
-    thread is torchvision's own kernel. The backward is the separable one (tests/test_roi_align_grad.py)
+    thread is torchvision's own kernel. The backward is the separable one (tests/test_separable_roi_align.py)
     at every thread count: torchvision's gradient to float32 rounding."""
     torch.manual_seed(0)
     features = [torch.randn(2, 16, 64 // 2 ** i, 96 // 2 ** i) for i in range(4)]

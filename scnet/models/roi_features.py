@@ -3,7 +3,7 @@ level = floor(log2(sqrt(area) / 56)), clamped to P2-P5; aligned=True, adaptive s
 
 On the CPU the forward is torchvision's, split over a small thread pool by RoIs when torch has more
 than one thread (the op releases the GIL; each output RoI is computed alone, so every number is
-torchvision's, bit for bit). The backward is `roi_align_grad.roi_align_input_grad`: torchvision's CPU
+torchvision's, bit for bit). The backward is `separable_roi_align.roi_align_input_grad`: torchvision's CPU
 backward recomputes the sampling geometry for every channel and ran at about 9x the forward, a quarter
 to a third of a one-thread smoke training step; the separable form gives the same gradient to float32
 rounding at a third to a seventh of the time. CUDA uses torchvision's kernels, forward and backward.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import roi_align
 
-from scnet.models.roi_align_grad import roi_align_input_grad
+from scnet.models.separable_roi_align import roi_align_input_grad
 
 FEATURE_STRIDES = (4, 8, 16, 32)
 _FINEST_SCALE = 56

@@ -1,15 +1,16 @@
-"""The separable CPU RoIAlign backward (scnet.models.roi_align_grad) is torchvision's gradient: against
-torchvision's own backward on RoIs that hit every sampling rule (skipped samples beyond [-1, size],
-clamping at the border, degenerate boxes, boxes larger than the map, two images), against finite
-differences of torchvision's forward in float64, and unchanged when the work is cut into many chunks."""
+"""The separable CPU RoIAlign backward (scnet.models.separable_roi_align) is torchvision's gradient:
+against torchvision's own backward on RoIs that hit every sampling rule (skipped samples beyond
+[-1, size], clamping at the border, degenerate boxes, boxes larger than the map, two images), against
+finite differences of torchvision's forward in float64, and unchanged when the work is cut into many
+chunks."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 
-from scnet.models import roi_align_grad
-from scnet.models.roi_align_grad import roi_align_input_grad
+from scnet.models import separable_roi_align
+from scnet.models.separable_roi_align import roi_align_input_grad
 
 
 def _rois(count: int, image_w: float, image_h: float, images: int, seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -68,12 +69,13 @@ def test_many_small_chunks_give_the_same_gradient(monkeypatch):
     rois = _rois(60, 128.0, 96.0, images=2, seed=7)
     grad = torch.randn(rois.shape[0], 4, 7, 7, generator=torch.Generator().manual_seed(2))
     whole = roi_align_input_grad(grad, rois, shape, 7, 0.25)
-    monkeypatch.setattr(roi_align_grad, "_WINDOW_ELEMENTS", 1)  # one RoI per chunk
-    monkeypatch.setattr(roi_align_grad, "_CHUNK_COST", 0)
-    assert len(roi_align_grad._chunks([3, 4, 5], [5, 4, 3], 4)) == 3
+    monkeypatch.setattr(separable_roi_align, "_WINDOW_ELEMENTS", 1)  # one RoI per chunk
+    monkeypatch.setattr(separable_roi_align, "_CHUNK_COST", 0)
+    assert len(separable_roi_align._chunk_rois([3, 4, 5], [5, 4, 3], 4)) == 3
     torch.testing.assert_close(roi_align_input_grad(grad, rois, shape, 7, 0.25), whole, rtol=0, atol=1e-6)
 
 
 def test_no_rois_give_a_zero_gradient():
     grad = roi_align_input_grad(torch.zeros(0, 3, 7, 7), torch.zeros(0, 5), (2, 3, 8, 9), 7, 0.25)
     assert grad.shape == (2, 3, 8, 9) and not grad.any()
+
