@@ -17,7 +17,11 @@ checkpoint, so a handler installed with `on_idle` calls it at once.
 SLURM signals every process of a job step, DataLoader workers included, and forked workers inherit
 the handlers: a worker would request a stop of its own (or, during evaluation, run submitit's
 requeue, once per worker). Workers ignore the stop signals (`ignore_stop_signals`, the loaders'
-`worker_init_fn`); their process tells them when to end.
+`worker_init_fn`); their process tells them when to end. A signal arriving between a worker's fork
+and its `worker_init_fn` would still find the inherited handler, so the loaders start their workers
+inside `workers_start_deaf()`: the stop signals are blocked while the workers are forked (they inherit
+the block, set SIG_IGN, then unblock, which drops a pending one), and the training process receives
+any that arrived in the meantime as soon as its block ends.
 """
 from __future__ import annotations
 
@@ -73,6 +77,18 @@ def ignore_stop_signals(_worker_id: int | None = None) -> None:
     """For DataLoader workers (`worker_init_fn`): the stop signals are the training process's."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by workers_start_deaf
+
+
+@contextmanager
+def workers_start_deaf() -> Iterator[None]:
+    """Around `iter(loader)`: workers forked here start with the stop signals blocked, until their
+    `ignore_stop_signals` ignores them; this thread gets any that came meanwhile when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def training_is_listening() -> bool:

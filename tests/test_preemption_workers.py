@@ -1,0 +1,51 @@
+"""DataLoader workers never act on a stop signal, even one sent while they are being forked: they start
+with the stop signals blocked (`workers_start_deaf`) until their `worker_init_fn` ignores them, and the
+training process still receives a signal sent during that window."""
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from scnet.engine import preemption
+
+_AT_START: dict[str, object] = {}
+
+
+class _WorkerState(Dataset):
+    """Each item: (stop signals blocked when the worker started, blocked now, the USR2 handler now)."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        blocked_now = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return (_AT_START["blocked"], bool(set(preemption.STOP_SIGNALS) & blocked_now),
+                signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN)
+
+
+def _init(worker_id: int) -> None:
+    blocked = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    _AT_START["blocked"] = set(preemption.STOP_SIGNALS) <= blocked
+    preemption.ignore_stop_signals(worker_id)
+
+
+def test_workers_start_with_stop_signals_blocked_then_ignore_them_and_the_parent_gets_a_pending_one():
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        loader = DataLoader(_WorkerState(), batch_size=None, num_workers=1, worker_init_fn=_init,
+                            multiprocessing_context="fork")
+        with preemption.workers_start_deaf():
+            batches = iter(loader)
+            os.kill(os.getpid(), signal.SIGUSR2)  # arrives while blocked: held, not lost
+            assert received == []
+        assert received == [signal.SIGUSR2]
+        blocked_at_start, blocked_after_init, ignoring = next(batches)
+        assert blocked_at_start and not blocked_after_init and ignoring
+        assert not set(preemption.STOP_SIGNALS) & set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert torch.utils.data.get_worker_info() is None
