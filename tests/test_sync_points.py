@@ -13,7 +13,7 @@ import torch
 from torchvision.ops import nms, roi_align
 
 import scnet
-from scnet.models import roi_heads
+from scnet.models import roi_features, roi_heads
 from scnet.models.nms import batched_nms
 from scnet.models.postprocess import paste_masks_batched
 from scnet.models.roi_features import FEATURE_STRIDES, multilevel_roi_align, roi_levels
@@ -68,6 +68,7 @@ def _batch(objects: int, seed: int) -> tuple[list[torch.Tensor], list[dict]]:
 @pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn", "htc", "scnet"])
 def test_smoke_presets_stay_within_the_sync_budget(arch, monkeypatch):
     monkeypatch.setattr(roi_heads, "paste_masks", paste_masks_batched)  # as on a GPU: one host read per image
+    monkeypatch.setattr(roi_features, "CPU_SEPARABLE_BACKWARD", False)  # a GPU runs torchvision's backward
     torch.manual_seed(0)
     model = scnet.build_model(f"{arch}_r18_smoke", num_classes=3, num_semantic_classes=4)
     image = _batch(1, seed=0)[0][:1]

@@ -23,6 +23,9 @@ FEATURE_STRIDES = (4, 8, 16, 32)
 _FINEST_SCALE = 56
 _MIN_ROIS_PER_THREAD = 8
 _FEW_ROIS = 8  # below this the backward is torchvision's own
+# The separable backward reads window sizes on the host: right for a CPU, but a GPU's path is
+# torchvision's kernel, and benchmarks/sync_points.py turns this off to count what a GPU would do.
+CPU_SEPARABLE_BACKWARD = True
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -85,7 +88,7 @@ class _CpuRoIAlign(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        if rois.shape[0] < _FEW_ROIS:  # torchvision's loop is cheap here and needs no channels-last copy
+        if rois.shape[0] < _FEW_ROIS or not CPU_SEPARABLE_BACKWARD:  # torchvision's loop is cheap here and needs no channels-last copy
             batch, channels, height, width = ctx.feature_shape
             return torch.ops.torchvision._roi_align_backward(
                 grad, rois, ctx.scale, ctx.size, ctx.size, batch, channels, height, width, 0, True), None, None, None
