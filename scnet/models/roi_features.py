@@ -58,13 +58,19 @@ def _split_over_threads(feature: torch.Tensor, rois: torch.Tensor) -> bool:
             and rois.shape[0] >= 2 * _MIN_ROIS_PER_THREAD)
 
 
-def _forward_by_rois(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+def _torchvision_forward(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+    return torch.ops.torchvision.roi_align(feature, rois, scale, size, size, 0, True)
+
+
+def _cpu_forward(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
+    """torchvision's CPU forward, split over threads by RoIs when torch has several."""
+    if not _split_over_threads(feature, rois):
+        return _torchvision_forward(feature, rois, size, scale)
     threads = torch.get_num_threads()
     # Strided shares, not contiguous chunks: proposals come sorted by score and the large, costly RoIs
     # bunch together, so contiguous chunks leave one thread with most of the work.
     shares = [rois[t::threads] for t in range(threads)]
-    parts = list(_pool().map(
-        lambda r: torch.ops.torchvision.roi_align(feature, r, scale, size, size, 0, True), shares))
+    parts = list(_pool().map(lambda r: _torchvision_forward(feature, r, size, scale), shares))
     out = parts[0].new_empty(rois.shape[0], *parts[0].shape[1:])
     for t, part in enumerate(parts):
         out[t::threads] = part
@@ -79,16 +85,15 @@ class _CpuRoIAlign(torch.autograd.Function):
     def forward(ctx, feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float) -> torch.Tensor:
         ctx.save_for_backward(rois)
         ctx.size, ctx.scale, ctx.feature_shape = size, scale, feature.shape
-        if _split_over_threads(feature, rois):
-            return _forward_by_rois(feature, rois, size, scale)
-        return torch.ops.torchvision.roi_align(feature, rois, scale, size, size, 0, True)
+        return _cpu_forward(feature, rois, size, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (rois,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        if rois.shape[0] < _FEW_ROIS or not CPU_SEPARABLE_BACKWARD:  # torchvision's loop is cheap here and needs no channels-last copy
+        if rois.shape[0] < _FEW_ROIS or not CPU_SEPARABLE_BACKWARD:
+            # torchvision's loop: cheap for a few RoIs (no channels-last copy), and a GPU's path
             batch, channels, height, width = ctx.feature_shape
             return torch.ops.torchvision._roi_align_backward(
                 grad, rois, ctx.scale, ctx.size, ctx.size, batch, channels, height, width, 0, True), None, None, None
@@ -100,9 +105,7 @@ def _roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: floa
         return roi_align(feature, rois, size, spatial_scale=scale, sampling_ratio=0, aligned=True)
     if feature.requires_grad and torch.is_grad_enabled():
         return _CpuRoIAlign.apply(feature, rois, size, scale)
-    if _split_over_threads(feature, rois):
-        return _forward_by_rois(feature, rois, size, scale)
-    return torch.ops.torchvision.roi_align(feature, rois, scale, size, size, 0, True)
+    return _cpu_forward(feature, rois, size, scale)
 
 
 @dataclass(frozen=True)
