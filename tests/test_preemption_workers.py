@@ -1,5 +1,5 @@
 """DataLoader workers never act on a stop signal, even one sent while they are being forked: they start
-with the stop signals blocked (`workers_start_deaf`) until their `worker_init_fn` ignores them, and the
+with the stop signals blocked (`start_workers_deaf`) until their `worker_init_fn` ignores them, and the
 training process still receives a signal sent during that window."""
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ class _WorkerState(Dataset):
                 signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN)
 
 
+class _SignalledWhileForking(DataLoader):
+    """A USR2 to this process right after the workers are forked, while `iter` has not returned."""
+
+    def __init__(self, *args, received: list[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.received = received
+
+    def __iter__(self):
+        batches = super().__iter__()
+        assert set(preemption.STOP_SIGNALS) <= set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        os.kill(os.getpid(), signal.SIGUSR2)  # arrives while blocked: held, not lost
+        assert self.received == []
+        return batches
+
+
 def _init(worker_id: int) -> None:
     blocked = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
     _AT_START["blocked"] = set(preemption.STOP_SIGNALS) <= blocked
@@ -36,13 +51,12 @@ def test_workers_start_with_stop_signals_blocked_then_ignore_them_and_the_parent
     received: list[int] = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
     try:
-        loader = DataLoader(_WorkerState(), batch_size=None, num_workers=1, worker_init_fn=_init,
-                            multiprocessing_context="fork")
-        with preemption.workers_start_deaf():
-            batches = iter(loader)
-            os.kill(os.getpid(), signal.SIGUSR2)  # arrives while blocked: held, not lost
-            assert received == []
+        loader = _SignalledWhileForking(_WorkerState(), batch_size=None, num_workers=1, worker_init_fn=_init,
+                                        multiprocessing_context="fork", received=received)
+        previous_mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        batches = preemption.start_workers_deaf(loader)
         assert received == [signal.SIGUSR2]
+        assert set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) == previous_mask
         blocked_at_start, blocked_after_init, ignoring = next(batches)
         assert blocked_at_start and not blocked_after_init and ignoring
         assert not set(preemption.STOP_SIGNALS) & set(signal.pthread_sigmask(signal.SIG_BLOCK, []))

@@ -69,8 +69,7 @@ def run_inference(model: nn.Module, dataset: Any, *, collate_fn: Callable, devic
     bar = tqdm(total=local_images, desc="eval", unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True)
     try:
-        with preemption.workers_start_deaf():  # see scnet.engine.preemption
-            batches = iter(loader)
+        batches = preemption.start_workers_deaf(loader)
         for images, _targets, metas in batches:
             images = _to_device(images, device)
             image_metas = [{"ori_shape": tuple(m["ori_shape"]), "scale_factor": tuple(m["scale_factor"])}

@@ -19,7 +19,7 @@ the handlers: a worker would request a stop of its own (or, during evaluation, r
 requeue, once per worker). Workers ignore the stop signals (`ignore_stop_signals`, the loaders'
 `worker_init_fn`); their process tells them when to end. A signal arriving between a worker's fork
 and its `worker_init_fn` would still find the inherited handler, so the loaders start their workers
-inside `workers_start_deaf()`: the stop signals are blocked while the workers are forked (they inherit
+with `start_workers_deaf(loader)`: the stop signals are blocked while the workers are forked (they inherit
 the block, set SIG_IGN, then unblock, which drops a pending one), and the training process receives
 any that arrived in the meantime as soon as its block ends.
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 # USR2: SLURM's warning before a time limit (and before a preemption with send_user_signal);
 # TERM: a preemption otherwise, scancel, the time limit itself.
@@ -77,16 +77,15 @@ def ignore_stop_signals(_worker_id: int | None = None) -> None:
     """For DataLoader workers (`worker_init_fn`): the stop signals are the training process's."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by workers_start_deaf
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by start_workers_deaf
 
 
-@contextmanager
-def workers_start_deaf() -> Iterator[None]:
-    """Around `iter(loader)`: workers forked here start with the stop signals blocked, until their
+def start_workers_deaf(loader: Iterable[Any]) -> Iterator[Any]:
+    """`iter(loader)` with the stop signals blocked: the workers it forks keep them blocked until their
     `ignore_stop_signals` ignores them; this thread gets any that came meanwhile when the block ends."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        yield
+        return iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 

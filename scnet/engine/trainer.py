@@ -295,8 +295,7 @@ class Trainer:
         loader = _make_loader(self.dataset, collate_fn=self.collate_fn, run_config=self.run_config, epoch=epoch,
                               start_batch=start_batch, device=self.device)
         fetch_start = time.perf_counter()  # the first fetch includes starting the workers
-        with preemption.workers_start_deaf():  # see scnet.engine.preemption
-            batches = iter(loader)
+        batches = preemption.start_workers_deaf(loader)
         while iteration < self.total:
             error: BaseException | None = None
             try:
