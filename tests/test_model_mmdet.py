@@ -19,7 +19,8 @@ from scnet.presets import MMDET_PRESETS
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 ORACLE_PRESETS = ("mask_rcnn_r50", "cascade_mask_rcnn_r50", "htc_r50", "scnet_r50")
 
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"{REFERENCE} (shared/reference) is not beside the repo")
+pytestmark = [pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"{REFERENCE} (shared/reference) is not beside the repo"),
+              pytest.mark.independent]
 
 
 def manifest(preset: str) -> dict:

@@ -24,7 +24,8 @@ PIPELINE = REFERENCE / "oracle" / "pipeline"
 JPEG = PIPELINE / "coffee_600x400.jpg"
 ORACLE_PRESETS = ("mask_rcnn_r50", "cascade_mask_rcnn_r50", "htc_r50", "scnet_r50")
 
-pytestmark = pytest.mark.skipif(not PIPELINE.is_dir(), reason=f"{PIPELINE} (shared/reference) is not beside the repo")
+pytestmark = [pytest.mark.skipif(not PIPELINE.is_dir(), reason=f"{PIPELINE} (shared/reference) is not beside the repo"),
+              pytest.mark.independent]
 
 
 def oracle(preset: str) -> dict:

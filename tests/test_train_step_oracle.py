@@ -23,7 +23,7 @@ CASES = ("noflip", "flip", "noflip.proposals", "flip.proposals")
 IMAGE_ID = 1
 
 pytestmark = [pytest.mark.skipif(not ORACLE.is_dir(), reason=f"{ORACLE} (shared/reference) is not beside the repo"),
-              pytest.mark.slow]
+              pytest.mark.slow, pytest.mark.independent]
 
 
 @pytest.fixture(scope="module")

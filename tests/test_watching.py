@@ -256,6 +256,11 @@ def test_a_resumed_run_hides_the_events_its_killed_attempt_wrote_after_the_check
     for it in (1, 2, 3, 4):
         first.add_row({"iter": it, "loss": float(it)})
     first.close()
+    # A resumed attempt is a later process, so its event file, named after the second it opened, sorts
+    # after the killed one's. Two writers of one process in one second differ only by a process-wide
+    # counter, compared as text ('.10' sorts before '.9'): the order this test means would then depend
+    # on how many writers the process made before (under pytest-xdist it broke).
+    time.sleep(1.02 - time.time() % 1.0)
     resumed = open_tensorboard_log(tmp_path, resumed_at=2)
     for it in (3, 4):
         resumed.add_row({"iter": it, "loss": 10.0 * it})
