@@ -82,7 +82,8 @@ def ignore_stop_signals(_worker_id: int | None = None) -> None:
 
 def start_workers_deaf(loader: Iterable[Any]) -> Iterator[Any]:
     """`iter(loader)` with the stop signals blocked: the workers it forks keep them blocked until their
-    `ignore_stop_signals` ignores them; this thread gets any that came meanwhile when the block ends."""
+    `ignore_stop_signals` ignores them; this thread gets any that came meanwhile when the block ends (a
+    signal to the process may instead reach another thread at once, and Python runs its handler here)."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         return iter(loader)
