@@ -33,29 +33,11 @@ from scnet.checkpoints import load_weights
 from scnet.data.pipeline import test_input
 from scnet.equivalence import write_reference_checkpoint
 from scnet.image_io import read_bgr
-from scnet.models import nms as nms_module
-from scnet.models import roi_features, roi_heads
-from scnet.models.postprocess import paste_masks_batched
-from scnet.sync_points import SyncPoints, count_sync_points
+from scnet.sync_points import SyncPoints, count_sync_points, gpu_paths
 from train_speed import random_batch
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 PRESETS = ("mask_rcnn_r50", "cascade_mask_rcnn_r50", "htc_r50", "scnet_r50")
-
-
-@contextmanager
-def gpu_paths() -> Iterator[None]:
-    """Paste masks (one host read per image), run NMS (one call, never split by group) and RoIAlign's
-    backward (torchvision's kernel, not the CPU's separable one) as on a GPU, whatever the device."""
-    cpu_paste, cpu_split = roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE
-    cpu_backward = roi_features.CPU_SEPARABLE_BACKWARD
-    roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE = paste_masks_batched, None
-    roi_features.CPU_SEPARABLE_BACKWARD = False
-    try:
-        yield
-    finally:
-        roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE = cpu_paste, cpu_split
-        roi_features.CPU_SEPARABLE_BACKWARD = cpu_backward
 
 
 @contextmanager

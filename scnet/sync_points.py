@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -159,3 +160,24 @@ class count_sync_points:  # noqa: N801 (a context manager, named for the `with` 
     def __exit__(self, *exc: Any) -> None:
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
+
+
+@contextmanager
+def gpu_paths() -> Iterator[None]:
+    """Paste masks (one host read per image), run NMS (one call, never split by group) and RoIAlign's
+    backward (torchvision's kernel, not the CPU's separable one) as on a GPU, whatever the device: the
+    CPU's own paths read the host where a GPU's do not, and a count means what a GPU would wait for.
+    One switch for the benchmark and the tests, so they count the same path."""
+    from scnet.models import nms as nms_module
+    from scnet.models import roi_features, roi_heads
+    from scnet.models.postprocess import paste_masks_batched
+
+    cpu_paste, cpu_split = roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE
+    cpu_backward = roi_features.CPU_SEPARABLE_BACKWARD
+    roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE = paste_masks_batched, None
+    roi_features.CPU_SEPARABLE_BACKWARD = False
+    try:
+        yield
+    finally:
+        roi_heads.paste_masks, nms_module.CPU_SPLIT_ABOVE = cpu_paste, cpu_split
+        roi_features.CPU_SEPARABLE_BACKWARD = cpu_backward

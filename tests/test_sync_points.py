@@ -13,11 +13,9 @@ import torch
 from torchvision.ops import nms, roi_align
 
 import scnet
-from scnet.models import roi_features, roi_heads
 from scnet.models.nms import batched_nms
-from scnet.models.postprocess import paste_masks_batched
 from scnet.models.roi_features import FEATURE_STRIDES, multilevel_roi_align, roi_levels
-from scnet.sync_points import count_sync_points
+from scnet.sync_points import count_sync_points, gpu_paths
 
 HEIGHT, WIDTH = 96, 128
 
@@ -66,27 +64,26 @@ def _batch(objects: int, seed: int) -> tuple[list[torch.Tensor], list[dict]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn", "htc", "scnet"])
-def test_smoke_presets_stay_within_the_sync_budget(arch, monkeypatch):
-    monkeypatch.setattr(roi_heads, "paste_masks", paste_masks_batched)  # as on a GPU: one host read per image
-    monkeypatch.setattr(roi_features, "CPU_SEPARABLE_BACKWARD", False)  # a GPU runs torchvision's backward
-    torch.manual_seed(0)
-    model = scnet.build_model(f"{arch}_r18_smoke", num_classes=3, num_semantic_classes=4)
-    image = _batch(1, seed=0)[0][:1]
-    with torch.no_grad():
-        model.eval()(image)  # first use: the device constants (anchors, coder stds) are made once
-    train_counts = {}
-    for objects in (7, 50):
-        images, targets = _batch(objects, seed=objects)
-        with count_sync_points() as points:
-            losses = model.train()(images, targets)
-            sum(losses.values()).backward()
-        train_counts[objects] = points.total
-        assert points.total <= 30, points.by_line()
-    assert train_counts[7] == train_counts[50]
-    with torch.inference_mode(), count_sync_points() as points:
-        detections = model.eval()(image)
-    assert detections[0]["scores"].numel() > 0
-    assert points.total <= 10, points.by_line()
+def test_smoke_presets_stay_within_the_sync_budget(arch):
+    with gpu_paths():  # as on a GPU: masks pasted per image, one NMS call, torchvision's RoIAlign backward
+        torch.manual_seed(0)
+        model = scnet.build_model(f"{arch}_r18_smoke", num_classes=3, num_semantic_classes=4)
+        image = _batch(1, seed=0)[0][:1]
+        with torch.no_grad():
+            model.eval()(image)  # first use: the device constants (anchors, coder stds) are made once
+        train_counts = {}
+        for objects in (7, 50):
+            images, targets = _batch(objects, seed=objects)
+            with count_sync_points() as points:
+                losses = model.train()(images, targets)
+                sum(losses.values()).backward()
+            train_counts[objects] = points.total
+            assert points.total <= 30, points.by_line()
+        assert train_counts[7] == train_counts[50]
+        with torch.inference_mode(), count_sync_points() as points:
+            detections = model.eval()(image)
+        assert detections[0]["scores"].numel() > 0
+        assert points.total <= 10, points.by_line()
 
 
 # ------------------------------------------------- the sync-free pieces give the usual answers
