@@ -6,7 +6,8 @@ Uses the deterministic reference weights (shared/reference) so that every image 
 detections, as MMDetection does on the same photo; the MMDetection 3.3.0 figures measured on a 2-core
 CPU machine are printed beside ours. With --floor it also counts each preset's convolution and
 matrix-multiply FLOPs (torch's FlopCounterMode) and divides them by this machine's measured float32
-matrix-multiply rate: a time that no implementation doing the same arithmetic beats here.
+matrix-multiply rate: a time that no implementation doing the same arithmetic beats here, and the
+time those conv/FC kernels take as they run (`kernel_time.py`), which only other kernels could beat.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from kernel_time import arithmetic_seconds
 from scnet import build_model
 from scnet.checkpoints import load_weights
 from scnet.cpu_memory import keep_freed_memory
@@ -98,6 +100,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, freed memory kept: {kept}")
     print(f"{'preset':24s} {'device':6s} {'s/image':>8s} {'dets':>5s}   MMDetection 3.3.0 CPU s/image")
     gflops: dict[str, float] = {}
+    seconds_of: dict[str, float] = {}
+    kernel_seconds: dict[str, float] = {}
     for device in args.device:
         for preset in args.presets:
             model, image, meta = _reference_model_and_image(preset, device, args.reference)
@@ -106,12 +110,21 @@ def main() -> None:
             print(f"{preset:24s} {device:6s} {seconds:8.2f} {count:5d}   {mm}", flush=True)
             if args.floor and preset not in gflops:
                 gflops[preset] = count_gflop(model, image, meta)  # the same arithmetic on any device
+            if args.floor and device == "cpu":
+                seconds_of[preset] = seconds
+                with torch.inference_mode():
+                    kernel_seconds[preset] = arithmetic_seconds(lambda: model([image], image_metas=[meta]))
     if args.floor:
         rate = matmul_gflops()
         print(f"\nfloat32 matmul on this CPU: {rate:.0f} GFLOP/s")
-        print(f"{'preset':24s} {'GFLOP':>7s} {'floor s/image':>14s}")
+        print(f"{'preset':24s} {'GFLOP':>7s} {'floor s/image':>14s} {'conv/FC kernels s':>18s} "
+              f"{'kernels/floor':>14s} {'s/image / floor':>16s}")
         for preset, gflop in gflops.items():
-            print(f"{preset:24s} {gflop:7.0f} {gflop / rate:14.2f}", flush=True)
+            floor = gflop / rate
+            kernels = kernel_seconds.get(preset)
+            cells = (f"{kernels:18.2f} {kernels / floor:14.2f} {seconds_of[preset] / floor:16.2f}"
+                     if kernels is not None else f"{'-':>18s} {'-':>14s} {'-':>16s}")
+            print(f"{preset:24s} {gflop:7.0f} {floor:14.2f} {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ resident set size on CPU. Not a test: numbers depend on the machine.
 With --floor (CPU) it also counts the step's convolution and matrix-multiply FLOPs, forward and backward
 (torch's FlopCounterMode), and divides them by this machine's float32 matrix-multiply rate measured at
 the same thread count: the time no implementation doing the same arithmetic beats here. The ratio
-s/iter / floor is what is left to win (RoIAlign, normalisation, element-wise ops, Python).
+s/iter / floor is what is left to win (RoIAlign, normalisation, element-wise ops, Python). It also
+profiles one step for the time its conv/FC kernels take as they run (`kernel_time.py`): the part of
+the ratio that only other kernels, and so other bits, could win.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from inference_speed import matmul_gflops
+from kernel_time import arithmetic_seconds
 from scnet import build_model
 
 
@@ -152,8 +155,10 @@ def measure(preset: str, device: torch.device, *, width: int, height: int, batch
     if floor:
         gflop = count_step_gflop(model, images, targets)
         rate = matmul_gflops()
+        kernel_s = arithmetic_seconds(step, repeats=min(iters, 3))
         row.update(step_gflop=gflop, matmul_gflop_per_s=rate, floor_s_per_iter=gflop / rate,
-                   floor_ratio=row["s_per_iter_median"] / (gflop / rate))
+                   floor_ratio=row["s_per_iter_median"] / (gflop / rate), kernel_s_per_iter=kernel_s,
+                   kernel_floor_ratio=kernel_s / (gflop / rate))
     return row
 
 
@@ -193,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  floor: {row['step_gflop']:.1f} conv/FC GFLOP forward+backward at {row['matmul_gflop_per_s']:.0f} "
                   f"GFLOP/s (float32 matmul here) = {row['floor_s_per_iter']:.3f} s/iter; "
                   f"measured/floor = {row['floor_ratio']:.2f}")
+            print(f"  conv/FC kernels as they run: {row['kernel_s_per_iter']:.3f} s/iter = "
+                  f"{row['kernel_floor_ratio']:.2f} x floor; everything else: "
+                  f"{row['s_per_iter_median'] - row['kernel_s_per_iter']:.3f} s/iter")
         print(json.dumps(row))
     return 0
 
