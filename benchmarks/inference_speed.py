@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernel_time import arithmetic_seconds
+from kernel_time import KernelTime, arithmetic_seconds
 from scnet import build_model
 from scnet.checkpoints import load_weights
 from scnet.cpu_memory import keep_freed_memory
@@ -101,7 +101,7 @@ def main() -> None:
     print(f"{'preset':24s} {'device':6s} {'s/image':>8s} {'dets':>5s}   MMDetection 3.3.0 CPU s/image")
     gflops: dict[str, float] = {}
     seconds_of: dict[str, float] = {}
-    kernel_seconds: dict[str, float] = {}
+    kernel_times: dict[str, KernelTime] = {}
     for device in args.device:
         for preset in args.presets:
             model, image, meta = _reference_model_and_image(preset, device, args.reference)
@@ -113,17 +113,18 @@ def main() -> None:
             if args.floor and device == "cpu":
                 seconds_of[preset] = seconds
                 with torch.inference_mode():
-                    kernel_seconds[preset] = arithmetic_seconds(lambda: model([image], image_metas=[meta]))
+                    kernel_times[preset] = arithmetic_seconds(lambda: model([image], image_metas=[meta]))
     if args.floor:
         rate = matmul_gflops()
         print(f"\nfloat32 matmul on this CPU: {rate:.0f} GFLOP/s")
-        print(f"{'preset':24s} {'GFLOP':>7s} {'floor s/image':>14s} {'conv/FC kernels s':>18s} "
-              f"{'kernels/floor':>14s} {'s/image / floor':>16s}")
+        print(f"{'preset':24s} {'GFLOP':>7s} {'floor s/image':>14s} {'s/image / floor':>16s} "
+              f"{'conv/FC kernels s (of a profiled image)':>40s} {'kernels/floor':>14s}")
         for preset, gflop in gflops.items():
             floor = gflop / rate
-            kernels = kernel_seconds.get(preset)
-            cells = (f"{kernels:18.2f} {kernels / floor:14.2f} {seconds_of[preset] / floor:16.2f}"
-                     if kernels is not None else f"{'-':>18s} {'-':>14s} {'-':>16s}")
+            kernels = kernel_times.get(preset)
+            cells = (f"{seconds_of[preset] / floor:16.2f} "
+                     f"{f'{kernels.kernel_s:.2f} of {kernels.wall_s:.2f} ({100 * kernels.share:.0f}%)':>40s} "
+                     f"{kernels.kernel_s / floor:14.2f}" if kernels is not None else f"{'-':>16s} {'-':>40s} {'-':>14s}")
             print(f"{preset:24s} {gflop:7.0f} {floor:14.2f} {cells}", flush=True)
 
 

@@ -15,6 +15,8 @@ pool (scnet.models.roi_features) is not counted, as RoIAlign is not conv/FC arit
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from torch.profiler import ProfilerActivity, profile
@@ -31,12 +33,28 @@ ARITHMETIC_OPS = frozenset({
 })
 
 
-def arithmetic_seconds(run: Callable[[], object], repeats: int = 1) -> float:
-    """Seconds per call of `run` spent in conv/FC kernels, averaged over `repeats` profiled calls."""
+@dataclass(frozen=True)
+class KernelTime:
+    """Per call: seconds in conv/FC kernels, and the wall time of the same profiled calls. Their ratio
+    is taken at one moment, so it holds on a machine whose speed drifts between measurements; the
+    profiler's cost per op makes the wall time a little longer than an unprofiled call."""
+
+    kernel_s: float
+    wall_s: float
+
+    @property
+    def share(self) -> float:
+        return self.kernel_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def arithmetic_seconds(run: Callable[[], object], repeats: int = 1) -> KernelTime:
+    """Conv/FC kernel time and wall time per call of `run`, averaged over `repeats` profiled calls."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
         for _ in range(repeats):
             run()
+        wall = time.perf_counter() - started
     micros = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in ARITHMETIC_OPS)
-    return micros / 1e6 / repeats
+    return KernelTime(micros / 1e6 / repeats, wall / repeats)
