@@ -150,7 +150,7 @@ def measure(preset: str, device: torch.device, *, width: int, height: int, batch
         "iters": iters, "s_per_iter_mean": sum(times) / len(times), "s_per_iter_median": times[len(times) // 2],
         "peak_memory_mb": peak_mb, "peak_reserved_mb": reserved_mb,
         "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
-        "losses": step_losses, "scaler_scale": float(scaler.get_scale()) if use_amp else None,
+        "losses": list(step_losses), "scaler_scale": float(scaler.get_scale()) if use_amp else None,
         "syncs_per_step": sync_count, "sync_sites": sync_sites}
     if floor:
         gflop = count_step_gflop(model, images, targets)
