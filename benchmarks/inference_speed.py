@@ -121,11 +121,16 @@ def main() -> None:
               f"{'conv/FC kernels s (of a profiled image)':>40s} {'kernels/floor':>14s}")
         for preset, gflop in gflops.items():
             floor = gflop / rate
-            kernels = kernel_times.get(preset)
-            cells = (f"{seconds_of[preset] / floor:16.2f} "
-                     f"{f'{kernels.kernel_s:.2f} of {kernels.wall_s:.2f} ({100 * kernels.share:.0f}%)':>40s} "
-                     f"{kernels.kernel_s / floor:14.2f}" if kernels is not None else f"{'-':>16s} {'-':>40s} {'-':>14s}")
-            print(f"{preset:24s} {gflop:7.0f} {floor:14.2f} {cells}", flush=True)
+            print(f"{preset:24s} {gflop:7.0f} {floor:14.2f} "
+                  f"{_kernel_cells(seconds_of.get(preset), kernel_times.get(preset), floor)}", flush=True)
+
+
+def _kernel_cells(seconds: float | None, kernels: KernelTime | None, floor: float) -> str:
+    """The floor table's CPU columns; dashes for a preset timed on CUDA only."""
+    if seconds is None or kernels is None:
+        return f"{'-':>16s} {'-':>40s} {'-':>14s}"
+    profiled = f"{kernels.kernel_s:.2f} of {kernels.wall_s:.2f} ({100 * kernels.share:.0f}%)"
+    return f"{seconds / floor:16.2f} {profiled:>40s} {kernels.kernel_s / floor:14.2f}"
 
 
 if __name__ == "__main__":

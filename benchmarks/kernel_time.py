@@ -21,9 +21,6 @@ from typing import Callable
 
 from torch.profiler import ProfilerActivity, profile
 
-# Kineto's log otherwise ends each profile with an ERROR line about GPUs on a machine without any.
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-
 # Self time of these ops is convolution or matrix-multiply work. `aten::_convolution` holds oneDNN's
 # transposed convolutions (they have no op of their own) besides a few microseconds of dispatch.
 ARITHMETIC_OPS = frozenset({
@@ -51,6 +48,9 @@ def arithmetic_seconds(run: Callable[[], object], repeats: int = 1) -> KernelTim
     """Conv/FC kernel time and wall time per call of `run`, averaged over `repeats` profiled calls."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    # Kineto's log otherwise ends each profile with an ERROR line about GPUs on a machine without any;
+    # it reads this when a profile starts.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         started = time.perf_counter()
         for _ in range(repeats):

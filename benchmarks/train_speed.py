@@ -155,11 +155,12 @@ def measure(preset: str, device: torch.device, *, width: int, height: int, batch
     if floor:
         gflop = count_step_gflop(model, images, targets)
         rate = matmul_gflops()
+        floor_s = gflop / rate
         kernels = arithmetic_seconds(step, repeats=min(iters, 3))
-        row.update(step_gflop=gflop, matmul_gflop_per_s=rate, floor_s_per_iter=gflop / rate,
-                   floor_ratio=row["s_per_iter_median"] / (gflop / rate), kernel_s_per_iter=kernels.kernel_s,
+        row.update(step_gflop=gflop, matmul_gflop_per_s=rate, floor_s_per_iter=floor_s,
+                   floor_ratio=row["s_per_iter_median"] / floor_s, kernel_s_per_iter=kernels.kernel_s,
                    profiled_s_per_iter=kernels.wall_s, kernel_share=kernels.share,
-                   kernel_floor_ratio=kernels.kernel_s / (gflop / rate))
+                   kernel_floor_ratio=kernels.kernel_s / floor_s)
     return row
 
 
